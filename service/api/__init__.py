@@ -1,0 +1,1 @@
+"""HTTP layer: routers per protocol, shared dependencies, error mapping."""

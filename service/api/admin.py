@@ -1,0 +1,121 @@
+"""Tenant administration under /admin/tenants, guarded by the admin bearer token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.responses import Response
+
+from ..defense import DefenseParams
+from ..errors import BadInput, Conflict, NotFound
+from ..tenants import Tenant, TenantExists, TenantNotFound
+from .deps import Services, admin_bearer, check_admin, get_services
+from .schemas import ERROR_RESPONSES, ApiKey, TenantCreate, TenantCreated, TenantOut, TenantUpdate
+
+
+async def require_admin(
+    credentials: HTTPAuthorizationCredentials | None = Security(admin_bearer),
+    services: Services = Depends(get_services),
+) -> None:
+    check_admin(services, credentials)
+
+
+router = APIRouter(
+    prefix="/admin/tenants",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses={s: ERROR_RESPONSES[s] for s in (401, 403, 422)},
+)
+
+_PARAM_FIELDS = ("base_variance", "lambda_scale", "temperature", "ensemble_size", "sensitivity", "noise_mode")
+# Fields where an explicit null means something (all models / no limit).
+_NULLABLE_FIELDS = ("allowed_models", "rate_limit_per_second")
+
+
+def tenant_out(tenant: Tenant) -> TenantOut:
+    p = tenant.params
+    return TenantOut(
+        name=tenant.name,
+        base_variance=p.base_variance,
+        lambda_scale=p.lambda_scale,
+        temperature=p.temperature,
+        ensemble_size=p.ensemble_size,
+        sensitivity=p.sensitivity,
+        noise_mode=p.noise_mode,
+        allowed_models=sorted(tenant.allowed_models) if tenant.allowed_models is not None else None,
+        rate_limit_per_second=tenant.rate_limit_per_second,
+        version=tenant.version,
+        created_at=tenant.created_at,
+        updated_at=tenant.updated_at,
+    )
+
+
+def _check_models(services: Services, models: list[str] | None) -> None:
+    unknown = sorted(set(models or ()) - set(services.registry.names()))
+    if unknown:
+        raise BadInput(f"unknown models in allowed_models: {unknown}")
+
+
+@router.post("", status_code=201, response_model=TenantCreated, responses={409: ERROR_RESPONSES[422]})
+async def create_tenant(body: TenantCreate, services: Services = Depends(get_services)) -> TenantCreated:
+    _check_models(services, body.allowed_models)
+    params = DefenseParams(**body.model_dump(include=set(_PARAM_FIELDS)))
+    try:
+        tenant, key = await run_in_threadpool(
+            services.store.create,
+            body.name,
+            params,
+            body.allowed_models,
+            body.rate_limit_per_second,
+        )
+    except TenantExists:
+        raise Conflict(f"tenant {body.name!r} already exists") from None
+    return TenantCreated(**tenant_out(tenant).model_dump(), api_key=key)
+
+
+@router.get("", response_model=list[TenantOut])
+async def list_tenants(services: Services = Depends(get_services)) -> list[TenantOut]:
+    return [tenant_out(t) for t in await run_in_threadpool(services.store.list)]
+
+
+@router.get("/{name}", response_model=TenantOut, responses={404: ERROR_RESPONSES[404]})
+async def get_tenant(name: str, services: Services = Depends(get_services)) -> TenantOut:
+    try:
+        return tenant_out(await run_in_threadpool(services.store.get, name))
+    except TenantNotFound:
+        raise NotFound(f"no tenant named {name!r}") from None
+
+
+@router.patch("/{name}", response_model=TenantOut, responses={404: ERROR_RESPONSES[404]})
+async def update_tenant(
+    name: str, body: TenantUpdate, services: Services = Depends(get_services)
+) -> TenantOut:
+    changes = body.model_dump(exclude_unset=True)
+    null_fields = [k for k, v in changes.items() if v is None and k not in _NULLABLE_FIELDS]
+    if null_fields:
+        raise BadInput(f"fields cannot be null: {null_fields}")
+    if "allowed_models" in changes:
+        _check_models(services, changes["allowed_models"])
+    try:
+        tenant = await run_in_threadpool(lambda: services.store.update(name, **changes))
+    except TenantNotFound:
+        raise NotFound(f"no tenant named {name!r}") from None
+    return tenant_out(tenant)
+
+
+@router.post("/{name}/rotate-key", response_model=ApiKey, responses={404: ERROR_RESPONSES[404]})
+async def rotate_key(name: str, services: Services = Depends(get_services)) -> ApiKey:
+    try:
+        return ApiKey(api_key=await run_in_threadpool(services.store.rotate_key, name))
+    except TenantNotFound:
+        raise NotFound(f"no tenant named {name!r}") from None
+
+
+@router.delete("/{name}", status_code=204, response_class=Response, responses={404: ERROR_RESPONSES[404]})
+async def delete_tenant(name: str, services: Services = Depends(get_services)) -> Response:
+    try:
+        await run_in_threadpool(services.store.delete, name)
+    except TenantNotFound:
+        raise NotFound(f"no tenant named {name!r}") from None
+    return Response(status_code=204)

@@ -1,0 +1,214 @@
+"""Pydantic schemas of the public protocol, for validation (admin) and for the
+OpenAPI documentation (predict/infer bodies are parsed with orjson for speed)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..defense import MAX_ENSEMBLE_SIZE, NoiseMode, Sensitivity
+
+# ---------------------------------------------------------------- v1
+
+V1_EXAMPLE = {"instances": [[0.0] * 64]}
+
+
+class V1PredictRequest(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [V1_EXAMPLE]})
+
+    instances: list[Any] = Field(
+        description="A batch of inputs, each shaped like the model's input (see GET /v1/models/{model})."
+    )
+
+
+class V1Prediction(BaseModel):
+    label: str = Field(description="The defended top-1 class label.")
+    probabilities: list[float] = Field(description="Defended probabilities, in the model's label order.")
+
+
+class V1PredictResponse(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "digits",
+                    "model_version": "1",
+                    "predictions": [{"label": "0", "probabilities": [0.19, 0.09, 0.08, 0.09, 0.09, 0.09, 0.1, 0.09, 0.09, 0.09]}],
+                }
+            ]
+        },
+    )
+
+    model: str
+    model_version: str
+    predictions: list[V1Prediction]
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    description: str
+    input_name: str
+    input_shape: list[int]
+    input_dtype: str
+    labels: list[str]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Malformed body (not JSON, bad encoding).",
+        401: "Missing or invalid API key.",
+        403: "The key may not use this model.",
+        404: "Unknown model.",
+        413: "Body over DYNANOISE_MAX_BODY_BYTES.",
+        422: "Wrong shape or dtype, non-finite values, empty batch or batch over DYNANOISE_MAX_BATCH.",
+        429: "Rate limit exceeded (see Retry-After).",
+        503: "Tenant store unavailable.",
+    }.items()
+}
+
+# ---------------------------------------------------------------- v2
+
+
+class V2Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(examples=["FP32"])
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = Field(default=None, description="Row-major values, flat or nested.")
+
+
+class V2RequestedOutput(BaseModel):
+    name: str = Field(examples=["probabilities"])
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferenceRequest(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}],
+                    "outputs": [{"name": "probabilities"}],
+                }
+            ]
+        }
+    )
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[V2Tensor]
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2InferenceResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[V2Tensor]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+# ---------------------------------------------------------------- admin
+
+
+class _DefenseFields(BaseModel):
+    base_variance: float = Field(0.3, ge=0, description="sigma0^2, the base noise variance.")
+    lambda_scale: float = Field(2.0, ge=0, description="lambda: how much the sensitivity scales the variance.")
+    temperature: float = Field(10.0, gt=0, description="T of the final softmax.")
+    ensemble_size: int = Field(1, ge=1, le=MAX_ENSEMBLE_SIZE, description="M noise draws averaged.")
+    sensitivity: Sensitivity = Field(Sensitivity.ENTROPY, description="How R is measured.")
+    noise_mode: NoiseMode = Field(NoiseMode.FRESH, description="fresh: new noise per call; keyed: sticky.")
+    allowed_models: list[str] | None = Field(None, description="Models this tenant may use; null = all.")
+    rate_limit_per_second: float | None = Field(None, gt=0, description="Requests per second; null = unlimited.")
+
+
+class TenantCreate(_DefenseFields):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"name": "clinic-a", "noise_mode": "keyed", "allowed_models": ["digits"]}]},
+    )
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Unique tenant name.")
+
+
+class TenantUpdate(BaseModel):
+    """Only the fields sent change."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"base_variance": 0.5, "noise_mode": "keyed"}]}
+    )
+
+    base_variance: float | None = Field(None, ge=0)
+    lambda_scale: float | None = Field(None, ge=0)
+    temperature: float | None = Field(None, gt=0)
+    ensemble_size: int | None = Field(None, ge=1, le=MAX_ENSEMBLE_SIZE)
+    sensitivity: Sensitivity | None = None
+    noise_mode: NoiseMode | None = None
+    allowed_models: list[str] | None = None
+    rate_limit_per_second: float | None = Field(None, gt=0)
+
+
+class TenantOut(BaseModel):
+    """A tenant as the admin API shows it: never the key hash or the noise secret."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    base_variance: float
+    lambda_scale: float
+    temperature: float
+    ensemble_size: int
+    sensitivity: Sensitivity
+    noise_mode: NoiseMode
+    allowed_models: list[str] | None
+    rate_limit_per_second: float | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class TenantCreated(TenantOut):
+    api_key: str = Field(description="Shown once: store it now, it cannot be read back.")
+
+
+class ApiKey(BaseModel):
+    api_key: str = Field(description="Shown once. The previous key stopped working.")

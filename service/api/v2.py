@@ -1,0 +1,139 @@
+"""Open Inference Protocol v2 (KServe / Triton REST), JSON and binary tensor data."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Request, Response, Security
+from fastapi.security import HTTPAuthorizationCredentials
+
+from .. import __version__
+from ..errors import ServiceUnavailable, UnknownModel
+from ..runtime.manifest import DTYPES
+from .codec import HEADER_LENGTH, OUTPUT_NAME, decode_v2, encode_v2
+from .deps import (
+    RequestObservation,
+    Services,
+    authenticate,
+    authorize_model,
+    bearer,
+    defense_context,
+    get_services,
+    read_body,
+)
+from .schemas import (
+    ERROR_RESPONSES,
+    V2InferenceRequest,
+    V2InferenceResponse,
+    V2ModelMetadata,
+    V2ServerMetadata,
+    V2TensorMetadata,
+)
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+MODEL_PATH = Path(description="Model name.", examples=["digits"])
+EXTENSIONS = ["binary_tensor_data"]
+
+
+@router.get("", response_model=V2ServerMetadata, summary="Server metadata")
+def server_metadata() -> V2ServerMetadata:
+    return V2ServerMetadata(name="dynanoise", version=__version__, extensions=EXTENSIONS)
+
+
+@router.get("/health/live", summary="Liveness")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness: models loaded and tenant store reachable",
+            responses={503: ERROR_RESPONSES[503]})
+def ready(services: Services = Depends(get_services)) -> dict[str, bool]:
+    if not services.store.ping():
+        raise ServiceUnavailable("tenant store unreachable")
+    return {"ready": True}
+
+
+@router.get("/models/{model}", response_model=V2ModelMetadata, responses={404: ERROR_RESPONSES[404]})
+def model_metadata(model: str = MODEL_PATH, services: Services = Depends(get_services)) -> V2ModelMetadata:
+    m = services.registry.get(model).manifest
+    return V2ModelMetadata(
+        name=m.name,
+        versions=[m.version],
+        platform="onnxruntime_onnx",
+        inputs=[V2TensorMetadata(name=m.input.name, datatype=DTYPES[m.input.dtype], shape=m.input.shape)],
+        outputs=[V2TensorMetadata(name=OUTPUT_NAME, datatype="FP32", shape=[-1, len(m.labels)])],
+        parameters={"labels": m.labels, "defense": "dynanoise"},
+    )
+
+
+@router.get("/models/{model}/ready", responses={404: ERROR_RESPONSES[404]})
+def model_ready(model: str = MODEL_PATH, services: Services = Depends(get_services)) -> dict[str, bool]:
+    services.registry.get(model)
+    return {"ready": True}
+
+
+_INFER_DOC = {
+    "response_model": V2InferenceResponse,
+    "responses": ERROR_RESPONSES,
+    "summary": "Defended inference",
+    "description": (
+        "Open Inference Protocol v2 infer. Output tensor `probabilities` (FP32, [batch, classes]) "
+        "holds the defended probabilities. Supports the binary tensor data extension both ways "
+        "(`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`/`binary_data_output`)."
+    ),
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": V2InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")}},
+        }
+    },
+}
+
+
+@router.post("/models/{model}/infer", **_INFER_DOC)  # type: ignore[arg-type]
+def infer(
+    request: Request,
+    model: str = MODEL_PATH,
+    body: bytes = Depends(read_body),
+    credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+    services: Services = Depends(get_services),
+) -> Response:
+    return _infer(request, model, None, body, credentials, services)
+
+
+@router.post("/models/{model}/versions/{version}/infer", **_INFER_DOC)  # type: ignore[arg-type]
+def infer_version(
+    request: Request,
+    version: str,
+    model: str = MODEL_PATH,
+    body: bytes = Depends(read_body),
+    credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+    services: Services = Depends(get_services),
+) -> Response:
+    return _infer(request, model, version, body, credentials, services)
+
+
+def _infer(
+    request: Request,
+    model: str,
+    version: str | None,
+    body: bytes,
+    credentials: HTTPAuthorizationCredentials | None,
+    services: Services,
+) -> Response:
+    with RequestObservation(services.metrics, "v2") as observation:
+        tenant = authenticate(services, credentials)
+        observation.tenant = tenant.name
+        classifier = authorize_model(services, tenant, model)
+        observation.model = classifier.name
+        manifest = classifier.manifest
+        if version is not None and version != manifest.version:
+            raise UnknownModel(f"model {model!r} has no version {version!r}")
+        decoded = decode_v2(
+            body, request.headers.get(HEADER_LENGTH), manifest.input.name, services.settings.max_batch
+        )
+        batch = classifier.validate(decoded.batch)
+        probabilities = services.predictor.predict(classifier, defense_context(tenant), batch)
+        content, headers = encode_v2(manifest.name, manifest.version, decoded, probabilities)
+    if headers:
+        return Response(content, media_type="application/octet-stream", headers=headers)
+    return Response(content, media_type="application/json")

@@ -1,0 +1,104 @@
+"""`dynanoise serve`: migrate the store, create the demo tenant on first start, run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import uvicorn
+
+from ..runtime import ModelLoadError
+from ..settings import Settings
+from ..tenants import TenantExists, TenantStore
+
+DEMO_TENANT = "demo"
+DEMO_KEY_FILE = Path("data/demo_api_key")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("serve", help="start the inference service")
+    p.add_argument("--host", help="bind address (DYNANOISE_HOST)")
+    p.add_argument("--port", type=int, help="port (DYNANOISE_PORT)")
+    p.add_argument("--workers", type=int, help="uvicorn worker processes (DYNANOISE_WORKERS)")
+    p.add_argument("--models-dir", help="directory of models (DYNANOISE_MODELS_DIR)")
+    p.add_argument("--database-url", help="tenant store URL (DYNANOISE_DATABASE_URL)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Worker processes rebuild Settings from the environment, so CLI overrides go there.
+    for option, env in (
+        ("host", "DYNANOISE_HOST"),
+        ("port", "DYNANOISE_PORT"),
+        ("workers", "DYNANOISE_WORKERS"),
+        ("models_dir", "DYNANOISE_MODELS_DIR"),
+        ("database_url", "DYNANOISE_DATABASE_URL"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            os.environ[env] = str(value)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return serve(settings)
+    except ModelLoadError as exc:
+        print(f"dynanoise: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+
+def serve(settings: Settings) -> int:
+    from ..runtime import ModelRegistry
+
+    ModelRegistry.load(settings.models_dir)  # fail fast, before any worker starts
+    store = TenantStore(settings.database_url)
+    store.migrate()
+    if settings.create_demo_tenant:
+        ensure_demo_tenant(store)
+    store.close()
+    if settings.workers > 1:
+        _prepare_multiprocess_metrics()
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        access_log=False,  # request lines carry no bodies, but keep logs free of traffic detail
+        server_header=False,
+    )
+    return 0
+
+
+def ensure_demo_tenant(store: TenantStore, key_file: Path = DEMO_KEY_FILE) -> str | None:
+    """On a database with no tenants, create `demo` and print its key once.
+
+    The key is also written to ``key_file`` (mode 0600) so that the README's curl
+    example works right after `make serve`; delete the demo tenant in production.
+    """
+    if not store.is_empty():
+        return None
+    try:
+        _, key = store.create(DEMO_TENANT)
+    except TenantExists:  # another replica won the race
+        return None
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.write_text(key + "\n")
+    print(f"Created tenant '{DEMO_TENANT}'. Its API key (shown once, also in {key_file}):\n  {key}", flush=True)
+    return key
+
+
+def _prepare_multiprocess_metrics() -> None:
+    """Each worker writes metric samples to PROMETHEUS_MULTIPROC_DIR; start it empty."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+        Path(directory).mkdir(parents=True)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dynanoise-metrics-")

@@ -1,0 +1,148 @@
+"""`dynanoise tenants add|list|update|rotate-key|remove`: manage tenants in the store
+named by DYNANOISE_DATABASE_URL (or --database-url)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..defense import MAX_ENSEMBLE_SIZE, DefenseParams, InvalidParameters, NoiseMode, Sensitivity
+from ..settings import Settings
+from ..tenants import InvalidTenantName, TenantExists, TenantNotFound, TenantStore
+
+_PARAMS = ("base_variance", "lambda_scale", "temperature", "ensemble_size", "sensitivity", "noise_mode")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser("tenants", help="manage tenants and their API keys")
+    p.add_argument("--database-url", help="tenant store URL (default: DYNANOISE_DATABASE_URL)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    add = actions.add_parser("add", help="create a tenant and print its API key once")
+    add.add_argument("name")
+    _add_param_options(add, defaults=True)
+    add.set_defaults(handler=_add)
+
+    update = actions.add_parser("update", help="change a tenant's parameters")
+    update.add_argument("name")
+    _add_param_options(update, defaults=False)
+    update.set_defaults(handler=_update)
+
+    lst = actions.add_parser("list", help="list tenants (never their keys)")
+    lst.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    lst.set_defaults(handler=_list)
+
+    rotate = actions.add_parser("rotate-key", help="issue a new API key; the old one stops working")
+    rotate.add_argument("name")
+    rotate.set_defaults(handler=_rotate)
+
+    remove = actions.add_parser("remove", help="delete a tenant")
+    remove.add_argument("name")
+    remove.set_defaults(handler=_remove)
+
+
+def _add_param_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    d = DefenseParams()
+
+    def default(value: Any) -> Any:
+        return value if defaults else None
+
+    p.add_argument("--base-variance", type=float, default=default(d.base_variance), help="sigma0^2")
+    p.add_argument("--lambda-scale", type=float, default=default(d.lambda_scale), help="lambda")
+    p.add_argument("--temperature", type=float, default=default(d.temperature), help="T")
+    p.add_argument(
+        "--ensemble-size", type=int, default=default(d.ensemble_size), help=f"M, 1..{MAX_ENSEMBLE_SIZE}"
+    )
+    p.add_argument("--sensitivity", choices=[s.value for s in Sensitivity], default=default(d.sensitivity.value))
+    p.add_argument("--noise-mode", choices=[m.value for m in NoiseMode], default=default(d.noise_mode.value))
+    p.add_argument(
+        "--allowed-models",
+        help="comma-separated model names this tenant may use; 'all' (default) for every model",
+    )
+    p.add_argument("--rate-limit", type=float, dest="rate_limit_per_second", help="requests per second")
+
+
+def _store(args: argparse.Namespace) -> TenantStore:
+    store = TenantStore(args.database_url or Settings().database_url)
+    store.migrate()
+    return store
+
+
+def _models(value: str | None) -> list[str] | None:
+    if value is None or value.strip() == "all":
+        return None
+    return [m.strip() for m in value.split(",") if m.strip()]
+
+
+def _fail(message: str) -> int:
+    print(f"dynanoise tenants: {message}", file=sys.stderr)
+    return 1
+
+
+def _add(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        try:
+            params = DefenseParams(**{k: getattr(args, k) for k in _PARAMS})
+            tenant, key = store.create(args.name, params, _models(args.allowed_models), args.rate_limit_per_second)
+        except (InvalidParameters, InvalidTenantName, TenantExists, ValueError) as exc:
+            return _fail(str(exc))
+    print(f"Created tenant {tenant.name!r}. API key (shown once, store it now):")
+    print(key)
+    return 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    changes: dict[str, Any] = {k: getattr(args, k) for k in _PARAMS if getattr(args, k) is not None}
+    if args.allowed_models is not None:
+        changes["allowed_models"] = _models(args.allowed_models)
+    if args.rate_limit_per_second is not None:
+        changes["rate_limit_per_second"] = args.rate_limit_per_second
+    if not changes:
+        return _fail("nothing to update: give at least one option")
+    with _store(args) as store:
+        try:
+            tenant = store.update(args.name, **changes)
+        except TenantNotFound:
+            return _fail(f"no tenant named {args.name!r}")
+        except (InvalidParameters, ValueError) as exc:
+            return _fail(str(exc))
+    print(json.dumps(tenant.to_public().as_dict(), indent=2))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        rows = [t.to_public().as_dict() for t in store.list()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("name", *_PARAMS, "allowed_models", "rate_limit_per_second")
+    table = [[str(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        try:
+            key = store.rotate_key(args.name)
+        except TenantNotFound:
+            return _fail(f"no tenant named {args.name!r}")
+    print(f"New API key for {args.name!r} (the old one no longer works):")
+    print(key)
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        try:
+            store.delete(args.name)
+        except TenantNotFound:
+            return _fail(f"no tenant named {args.name!r}")
+    print(f"Removed tenant {args.name!r}.")
+    return 0

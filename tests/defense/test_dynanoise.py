@@ -1,0 +1,163 @@
+"""The DynaNoise math, checked against the spec's formulas (statistically where random)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.defense import (
+    DefenseParams,
+    InvalidParameters,
+    NoiseMode,
+    Sensitivity,
+    apply_dynanoise,
+    defend,
+    draw_noise,
+    keyed_seeds,
+    keyed_standard_normal,
+    sensitivity,
+)
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@pytest.mark.parametrize("measure", list(Sensitivity))
+def test_sensitivity_is_one_for_one_hot_and_zero_for_uniform(measure: Sensitivity) -> None:
+    one_hot = np.array([[1e4, 0.0, 0.0, 0.0]])
+    uniform = np.zeros((1, 4))
+    assert sensitivity(one_hot, measure)[0] == pytest.approx(1.0, abs=1e-9)
+    assert sensitivity(uniform, measure)[0] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("measure", list(Sensitivity))
+def test_sensitivity_stays_in_unit_interval(measure: Sensitivity) -> None:
+    logits = _rng(1).normal(scale=20.0, size=(2000, 10))
+    risk = sensitivity(logits, measure)
+    assert np.all((risk >= 0) & (risk <= 1))
+    assert risk.min() < 0.5 < risk.max()
+
+
+def test_entropy_sensitivity_matches_definition() -> None:
+    logits = np.array([[2.0, 1.0, 0.0]])
+    p = np.exp(logits) / np.exp(logits).sum()
+    expected = 1 + (p * np.log(p)).sum() / np.log(3)
+    assert sensitivity(logits)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_temperature_alone_keeps_the_argmax() -> None:
+    logits = _rng(2).normal(scale=5.0, size=(500, 10))
+    params = DefenseParams(base_variance=0.0, temperature=37.0)
+    out = apply_dynanoise(logits, params, None)
+    np.testing.assert_array_equal(out.probabilities.argmax(axis=1), logits.argmax(axis=1))
+
+
+def test_noise_variance_matches_formula() -> None:
+    # Recover the added noise from the output: T * log p = z + e + c (per row),
+    # so centered log-ratios give e up to its row mean. With k classes the
+    # centered noise has variance sigma^2 (1 - 1/k) per coordinate.
+    params = DefenseParams(base_variance=0.3, lambda_scale=2.0, temperature=1.0)
+    k, n = 10, 20_000
+    logits = np.tile(np.array([[6.0, 1.0, 0, 0, 0, 0, 0, 0, 0, -1.0]]), (n, 1))
+    out = apply_dynanoise(logits, params, draw_noise(params, n, k, rng=_rng(3)))
+    log_p = np.log(out.probabilities.astype(np.float64))
+    noise = log_p - logits
+    noise -= noise.mean(axis=1, keepdims=True)
+    risk = sensitivity(logits[:1])[0]
+    expected = 0.3 * (1 + 2.0 * risk) * (1 - 1 / k)
+    # Sample variance of n*k draws: relative standard error ~ sqrt(2 / (n k)) = 0.3 %.
+    assert noise.var() == pytest.approx(expected, rel=0.03)
+    np.testing.assert_allclose(out.noise_std, np.sqrt(0.3 * (1 + 2.0 * risk)))
+
+
+def test_outputs_are_finite_and_sum_to_one_for_extreme_logits() -> None:
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]])
+    for mode in NoiseMode:
+        params = DefenseParams(noise_mode=mode, ensemble_size=4)
+        out = defend(logits, params, rng=_rng(4), secret=b"s" * 32, model_id="m", inputs=logits)
+        assert np.all(np.isfinite(out.probabilities))
+        np.testing.assert_allclose(out.probabilities.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_ensemble_averaging_reduces_the_spread() -> None:
+    logits = np.tile(np.array([[3.0, 1.0, 0.0, -1.0]]), (4000, 1))
+    spreads = {}
+    for m in (1, 16):
+        params = DefenseParams(base_variance=1.0, temperature=1.0, ensemble_size=m)
+        out = defend(logits, params, rng=_rng(5))
+        spreads[m] = out.probabilities[:, 0].std()
+    assert spreads[16] < 0.5 * spreads[1]
+
+
+def test_keyed_noise_repeats_for_identical_input_and_differs_otherwise() -> None:
+    inputs = _rng(6).normal(size=(3, 64)).astype(np.float32)
+    logits = _rng(7).normal(size=(3, 10))
+    params = DefenseParams(noise_mode=NoiseMode.KEYED)
+
+    def run(secret: bytes, x: np.ndarray, model: str = "digits@1") -> np.ndarray:
+        return defend(logits, params, secret=secret, model_id=model, inputs=x).probabilities
+
+    first = run(b"a" * 32, inputs)
+    np.testing.assert_array_equal(first, run(b"a" * 32, inputs.copy()))
+    assert not np.allclose(first, run(b"b" * 32, inputs))  # other tenant
+    assert not np.allclose(first, run(b"a" * 32, inputs, "other@1"))  # other model
+    changed = inputs.copy()
+    changed[1, 0] += 1e-3
+    other = run(b"a" * 32, changed)
+    np.testing.assert_array_equal(first[[0, 2]], other[[0, 2]])  # rows are independent
+    assert not np.allclose(first[1], other[1])
+
+
+def test_keyed_seed_ignores_the_sign_of_zero() -> None:
+    a = np.zeros((1, 4), dtype=np.float32)
+    np.testing.assert_array_equal(keyed_seeds(b"k", "m", a), keyed_seeds(b"k", "m", -a))
+
+
+def test_keyed_normals_are_standard_normal() -> None:
+    seeds = np.arange(50_000, dtype=np.uint64)
+    draws = keyed_standard_normal(seeds, 2, 5).ravel()
+    assert draws.shape == (500_000,)
+    assert abs(draws.mean()) < 0.01  # standard error 0.0014
+    assert draws.var() == pytest.approx(1.0, abs=0.01)
+    assert np.mean(np.abs(draws) > 1.96) == pytest.approx(0.05, abs=0.002)
+    # neighbouring coordinates are uncorrelated
+    pairs = keyed_standard_normal(seeds, 1, 2)[:, 0, :]
+    assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 0.02
+
+
+def test_fresh_noise_differs_between_calls() -> None:
+    logits = np.array([[2.0, 1.0, 0.0]])
+    params = DefenseParams()
+    rng = np.random.default_rng()
+    first = defend(logits, params, rng=rng).probabilities
+    second = defend(logits, params, rng=rng).probabilities
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"base_variance": -0.1},
+        {"lambda_scale": -1.0},
+        {"temperature": 0.0},
+        {"ensemble_size": 0},
+        {"ensemble_size": 65},
+        {"ensemble_size": 1.5},
+        {"base_variance": float("nan")},
+        {"temperature": float("inf")},
+        {"sensitivity": "nope"},
+        {"noise_mode": "sometimes"},
+    ],
+)
+def test_invalid_parameters_are_rejected(changes: dict[str, object]) -> None:
+    with pytest.raises((InvalidParameters, ValueError)):
+        DefenseParams(**changes)  # type: ignore[arg-type]
+
+
+def test_defaults_are_the_paper_setting() -> None:
+    params = DefenseParams()
+    assert (params.base_variance, params.lambda_scale, params.temperature) == (0.3, 2.0, 10.0)
+    assert params.ensemble_size == 1
+    assert params.sensitivity is Sensitivity.ENTROPY
+    assert params.noise_mode is NoiseMode.FRESH
