@@ -15,6 +15,7 @@ from service.settings import Settings
 from .onnx_factory import write_linear_model
 
 ADMIN_TOKEN = "test-admin-token"
+ROW_TOY = [0.5, -1.0, 2.0, 0.25]  # one input of the `toy` model
 
 
 @pytest.fixture
