@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[env] = str(value)
     settings = Settings()
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return serve(settings)
     except ModelLoadError as exc:
@@ -90,7 +92,10 @@ def ensure_demo_tenant(store: TenantStore, key_file: Path = DEMO_KEY_FILE) -> st
     key_file.parent.mkdir(parents=True, exist_ok=True)
     key_file.touch(mode=0o600)
     key_file.write_text(key + "\n")
-    print(f"Created tenant '{DEMO_TENANT}'. Its API key (shown once, also in {key_file}):\n  {key}", flush=True)
+    print(
+        f"Created tenant '{DEMO_TENANT}'. Its API key (shown once, also in {key_file}):\n  {key}",
+        flush=True,
+    )
     return key
 
 

@@ -12,7 +12,14 @@ from ..defense import MAX_ENSEMBLE_SIZE, DefenseParams, InvalidParameters, Noise
 from ..settings import Settings
 from ..tenants import InvalidTenantName, TenantExists, TenantNotFound, TenantStore
 
-_PARAMS = ("base_variance", "lambda_scale", "temperature", "ensemble_size", "sensitivity", "noise_mode")
+_PARAMS = (
+    "base_variance",
+    "lambda_scale",
+    "temperature",
+    "ensemble_size",
+    "sensitivity",
+    "noise_mode",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,15 +60,26 @@ def _add_param_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--lambda-scale", type=float, default=default(d.lambda_scale), help="lambda")
     p.add_argument("--temperature", type=float, default=default(d.temperature), help="T")
     p.add_argument(
-        "--ensemble-size", type=int, default=default(d.ensemble_size), help=f"M, 1..{MAX_ENSEMBLE_SIZE}"
+        "--ensemble-size",
+        type=int,
+        default=default(d.ensemble_size),
+        help=f"M, 1..{MAX_ENSEMBLE_SIZE}",
     )
-    p.add_argument("--sensitivity", choices=[s.value for s in Sensitivity], default=default(d.sensitivity.value))
-    p.add_argument("--noise-mode", choices=[m.value for m in NoiseMode], default=default(d.noise_mode.value))
+    p.add_argument(
+        "--sensitivity",
+        choices=[s.value for s in Sensitivity],
+        default=default(d.sensitivity.value),
+    )
+    p.add_argument(
+        "--noise-mode", choices=[m.value for m in NoiseMode], default=default(d.noise_mode.value)
+    )
     p.add_argument(
         "--allowed-models",
         help="comma-separated model names this tenant may use; 'all' (default) for every model",
     )
-    p.add_argument("--rate-limit", type=float, dest="rate_limit_per_second", help="requests per second")
+    p.add_argument(
+        "--rate-limit", type=float, dest="rate_limit_per_second", help="requests per second"
+    )
 
 
 def _store(args: argparse.Namespace) -> TenantStore:
@@ -85,7 +103,9 @@ def _add(args: argparse.Namespace) -> int:
     with _store(args) as store:
         try:
             params = DefenseParams(**{k: getattr(args, k) for k in _PARAMS})
-            tenant, key = store.create(args.name, params, _models(args.allowed_models), args.rate_limit_per_second)
+            tenant, key = store.create(
+                args.name, params, _models(args.allowed_models), args.rate_limit_per_second
+            )
         except (InvalidParameters, InvalidTenantName, TenantExists, ValueError) as exc:
             return _fail(str(exc))
     print(f"Created tenant {tenant.name!r}. API key (shown once, store it now):")
@@ -120,7 +140,10 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     columns = ("name", *_PARAMS, "allowed_models", "rate_limit_per_second")
     table = [[str(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(columns)]
+    widths = [
+        max(len(c), *(len(row[i]) for row in table)) if table else len(c)
+        for i, c in enumerate(columns)
+    ]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))

@@ -46,8 +46,11 @@ class DefenseParams:
 
     def __post_init__(self) -> None:
         # Coerce strings from JSON / the database into the enums.
-        object.__setattr__(self, "sensitivity", Sensitivity(self.sensitivity))
-        object.__setattr__(self, "noise_mode", NoiseMode(self.noise_mode))
+        try:
+            object.__setattr__(self, "sensitivity", Sensitivity(self.sensitivity))
+            object.__setattr__(self, "noise_mode", NoiseMode(self.noise_mode))
+        except ValueError as exc:
+            raise InvalidParameters(str(exc)) from None
         _check_finite("base_variance", self.base_variance)
         _check_finite("lambda_scale", self.lambda_scale)
         _check_finite("temperature", self.temperature)
@@ -68,8 +71,14 @@ class DefenseParams:
 
 
 def _check_finite(name: str, value: float) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value != value or value in (
-        float("inf"),
-        float("-inf"),
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or value != value
+        or value
+        in (
+            float("inf"),
+            float("-inf"),
+        )
     ):
         raise InvalidParameters(f"{name} must be a finite number")

@@ -1,0 +1,28 @@
+"""Tenants: who may call the service, with which API key and defense parameters."""
+
+from service.tenants.domain import (
+    InvalidTenantName,
+    StoreUnavailable,
+    Tenant,
+    TenantError,
+    TenantExists,
+    TenantNotFound,
+    TenantView,
+)
+from service.tenants.keys import generate_api_key, hash_api_key, parse_key_id, verify
+from service.tenants.store import TenantStore
+
+__all__ = [
+    "InvalidTenantName",
+    "StoreUnavailable",
+    "Tenant",
+    "TenantError",
+    "TenantExists",
+    "TenantNotFound",
+    "TenantStore",
+    "TenantView",
+    "generate_api_key",
+    "hash_api_key",
+    "parse_key_id",
+    "verify",
+]

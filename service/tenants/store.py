@@ -1,0 +1,367 @@
+"""TenantStore: tenants in SQLite (default) or PostgreSQL, with a fast auth path.
+
+`authenticate` runs on every request, so it answers from a small in-process
+cache for `cache_ttl_seconds` (changes made by another process show up within
+that time; changes made through this instance drop the cache at once), and
+keeps serving the last good answer for `stale_grace_seconds` while the
+database is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from alembic import command
+from sqlalchemy import Engine, delete, exists, select, text
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.defense.params import DefenseParams, InvalidParameters
+from service.tenants.domain import (
+    StoreUnavailable,
+    Tenant,
+    TenantExists,
+    TenantNotFound,
+    normalize_allowed_models,
+    validate_name,
+    validate_rate_limit,
+)
+from service.tenants.engine import access_guard, for_writes, make_engine
+from service.tenants.keys import generate_api_key, hash_api_key, parse_key_id, verify
+from service.tenants.migrations import build_alembic_config
+from service.tenants.models import TenantRow
+
+logger = logging.getLogger(__name__)
+
+PARAM_FIELDS = frozenset(f.name for f in fields(DefenseParams))
+UPDATABLE_FIELDS = PARAM_FIELDS | {"allowed_models", "rate_limit_per_second"}
+NOISE_SECRET_BYTES = 32
+_MAX_CACHED_KEYS = 4096
+# Any 64-bit constant; serialises concurrent `migrate()` calls of many replicas.
+_MIGRATION_LOCK_KEY = 0x64796E616E6F6973
+_UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheEntry:
+    tenant: Tenant
+    loaded_at: float
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite drops the offset on the way back; everything we write is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _to_tenant(row: TenantRow) -> Tenant:
+    params = DefenseParams(
+        base_variance=row.base_variance,
+        lambda_scale=row.lambda_scale,
+        temperature=row.temperature,
+        ensemble_size=row.ensemble_size,
+        sensitivity=row.sensitivity,  # type: ignore[arg-type]  # coerced by DefenseParams
+        noise_mode=row.noise_mode,  # type: ignore[arg-type]
+    )
+    return Tenant(
+        name=row.name,
+        params=params,
+        allowed_models=None if row.allowed_models is None else frozenset(row.allowed_models),
+        noise_secret=bytes(row.noise_secret),
+        rate_limit_per_second=row.rate_limit_per_second,
+        version=row.version,
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+        key_id=row.key_id,
+    )
+
+
+def _write_params(row: TenantRow, params: DefenseParams) -> None:
+    row.base_variance = float(params.base_variance)
+    row.lambda_scale = float(params.lambda_scale)
+    row.temperature = float(params.temperature)
+    row.ensemble_size = int(params.ensemble_size)
+    row.sensitivity = params.sensitivity.value
+    row.noise_mode = params.noise_mode.value
+
+
+def _changed_params(params: DefenseParams, changes: dict[str, Any]) -> DefenseParams:
+    try:
+        return replace(params, **{k: v for k, v in changes.items() if k in PARAM_FIELDS})
+    except InvalidParameters:
+        raise
+    except (TypeError, ValueError) as exc:  # e.g. an unknown sensitivity name
+        raise InvalidParameters(str(exc)) from exc
+
+
+def _stored_models(models: frozenset[str] | None) -> list[str] | None:
+    return None if models is None else sorted(models)
+
+
+class TenantStore:
+    """Tenants, their API keys and defense parameters, in a SQL database.
+
+    Thread-safe: every call uses its own session; the auth cache is locked.
+    The schema comes only from the migrations: call `migrate()` first.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        cache_ttl_seconds: float = 1.0,
+        stale_grace_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if cache_ttl_seconds < 0 or stale_grace_seconds < 0:
+            raise ValueError("cache_ttl_seconds and stale_grace_seconds must be >= 0")
+        self._engine = make_engine(database_url)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(for_writes(self._engine), expire_on_commit=False)
+        self._guard = access_guard(self._engine)
+        self._cache_ttl = cache_ttl_seconds
+        self._stale_grace = stale_grace_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: dict[str, _CacheEntry] = {}
+        # Bumped on every local write, so a lookup that raced a write cannot
+        # put the pre-write tenant back into the cache.
+        self._generation = 0
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for health checks and tests)."""
+        return self._engine
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration; a no-op when it is there."""
+        with (
+            self._guard,
+            self._unavailable_as_error(),
+            for_writes(self._engine).begin() as connection,
+        ):
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                )
+            command.upgrade(build_alembic_config(connection), "head")
+
+    def create(
+        self,
+        name: str,
+        params: DefenseParams | None = None,
+        allowed_models: Iterable[str] | None = None,
+        rate_limit_per_second: float | None = None,
+    ) -> tuple[Tenant, str]:
+        """Add a tenant; returns it with its API key, the only time the key is shown."""
+        validate_name(name)
+        params = DefenseParams() if params is None else params
+        if not isinstance(params, DefenseParams):
+            raise TypeError("params must be a DefenseParams")
+        models = normalize_allowed_models(allowed_models)
+        rate = validate_rate_limit(rate_limit_per_second)
+        api_key, key_id = generate_api_key()
+        now = datetime.now(UTC)
+        row = TenantRow(
+            name=name,
+            key_id=key_id,
+            key_hash=hash_api_key(api_key),
+            noise_secret=secrets.token_bytes(NOISE_SECRET_BYTES),
+            allowed_models=_stored_models(models),
+            rate_limit_per_second=rate,
+            version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        _write_params(row, params)
+        with self._write_session() as session:
+            if session.scalar(select(exists().where(TenantRow.name == name))):
+                raise TenantExists(f"tenant {name!r} already exists")
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError as exc:  # lost a race with another writer
+                raise TenantExists(f"tenant {name!r} already exists") from exc
+            tenant = _to_tenant(row)
+        return tenant, api_key
+
+    def get(self, name: str) -> Tenant:
+        """The tenant called `name`; raises TenantNotFound."""
+        with self._read_session() as session:
+            return _to_tenant(self._row(session, name))
+
+    def list(self) -> list[Tenant]:
+        """All tenants, by name."""
+        with self._read_session() as session:
+            rows = session.scalars(select(TenantRow).order_by(TenantRow.name))
+            return [_to_tenant(row) for row in rows]
+
+    def is_empty(self) -> bool:
+        """Whether no tenant exists yet."""
+        with self._read_session() as session:
+            return not session.scalar(select(exists().where(TenantRow.id.is_not(None))))
+
+    def update(self, name: str, **changes: Any) -> Tenant:
+        """Change parameters, allowed_models or rate_limit_per_second.
+
+        Parameters are validated through DefenseParams (InvalidParameters).
+        The version is bumped when a stored value actually changes.
+        """
+        unknown = set(changes) - UPDATABLE_FIELDS
+        if unknown:
+            raise TypeError(f"cannot update {sorted(unknown)}; allowed: {sorted(UPDATABLE_FIELDS)}")
+        with self._write_session() as session:
+            row = self._row(session, name, for_update=True)
+            current = _to_tenant(row)
+            params = _changed_params(current.params, changes)
+            models = (
+                normalize_allowed_models(changes["allowed_models"])
+                if "allowed_models" in changes
+                else current.allowed_models
+            )
+            rate = (
+                validate_rate_limit(changes["rate_limit_per_second"])
+                if "rate_limit_per_second" in changes
+                else current.rate_limit_per_second
+            )
+            if (params, models, rate) == (
+                current.params,
+                current.allowed_models,
+                current.rate_limit_per_second,
+            ):
+                return current
+            _write_params(row, params)
+            row.allowed_models = _stored_models(models)
+            row.rate_limit_per_second = rate
+            self._touch(row)
+            return _to_tenant(row)
+
+    def rotate_key(self, name: str) -> str:
+        """Issue a new API key; the old one stops working at once."""
+        api_key, key_id = generate_api_key()
+        with self._write_session() as session:
+            row = self._row(session, name, for_update=True)
+            row.key_id = key_id
+            row.key_hash = hash_api_key(api_key)
+            self._touch(row)
+        return api_key
+
+    def delete(self, name: str) -> None:
+        """Remove a tenant; raises TenantNotFound."""
+        with self._write_session() as session:
+            result = session.execute(delete(TenantRow).where(TenantRow.name == name))
+            if getattr(result, "rowcount", 0) == 0:
+                raise TenantNotFound(f"no tenant named {name!r}")
+
+    def authenticate(self, api_key: str) -> Tenant | None:
+        """The tenant owning `api_key`, or None for a malformed or unknown key.
+
+        Raises StoreUnavailable when the database is down and no answer for
+        this key was loaded within `stale_grace_seconds`.
+        """
+        key_id = parse_key_id(api_key)
+        if key_id is None:
+            return None
+        key_hash = hash_api_key(api_key)
+        now = self._clock()
+        with self._lock:
+            entry = self._cache.get(key_hash)
+            generation = self._generation
+        if entry is not None and now - entry.loaded_at < self._cache_ttl:
+            return entry.tenant
+        try:
+            tenant = self._load_by_key(key_id, api_key)
+        except _UNAVAILABLE_ERRORS as exc:
+            if entry is not None and now - entry.loaded_at <= self._stale_grace:
+                logger.warning("tenant database unavailable; serving cached %r", entry.tenant.name)
+                return entry.tenant
+            raise StoreUnavailable("tenant database unavailable") from exc
+        with self._lock:
+            if generation == self._generation:
+                if tenant is None:
+                    self._cache.pop(key_hash, None)
+                else:
+                    if len(self._cache) >= _MAX_CACHED_KEYS and key_hash not in self._cache:
+                        self._cache.pop(next(iter(self._cache)))
+                    self._cache[key_hash] = _CacheEntry(tenant, now)
+        return tenant
+
+    def ping(self) -> bool:
+        """Whether the database answers `SELECT 1` (for readiness probes)."""
+        try:
+            with self._guard, self._engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Drop the cache and close pooled connections."""
+        self._invalidate()
+        self._engine.dispose()
+
+    def __enter__(self) -> TenantStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _load_by_key(self, key_id: str, api_key: str) -> Tenant | None:
+        with self._guard, self._sessions() as session:
+            row = session.scalars(select(TenantRow).where(TenantRow.key_id == key_id)).first()
+            if row is None or not verify(api_key, row.key_hash):
+                return None
+            return _to_tenant(row)
+
+    @staticmethod
+    def _row(session: Session, name: str, *, for_update: bool = False) -> TenantRow:
+        query = select(TenantRow).where(TenantRow.name == name)
+        if for_update:
+            query = query.with_for_update()
+        row = session.scalars(query).first()
+        if row is None:
+            raise TenantNotFound(f"no tenant named {name!r}")
+        return row
+
+    @staticmethod
+    def _touch(row: TenantRow) -> None:
+        row.version += 1
+        row.updated_at = datetime.now(UTC)
+
+    def _invalidate(self) -> None:
+        with self._lock:
+            self._cache.clear()
+            self._generation += 1
+
+    @contextmanager
+    def _unavailable_as_error(self) -> Iterator[None]:
+        try:
+            yield
+        except _UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable("tenant database unavailable") from exc
+
+    @contextmanager
+    def _read_session(self) -> Iterator[Session]:
+        with self._guard, self._unavailable_as_error(), self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def _write_session(self) -> Iterator[Session]:
+        # Invalidate after the commit (and after a failure too): a lookup that
+        # read the old row before the commit then cannot re-cache it.
+        try:
+            with (
+                self._guard,
+                self._unavailable_as_error(),
+                self._write_sessions.begin() as session,
+            ):
+                yield session
+        finally:
+            self._invalidate()
