@@ -48,7 +48,9 @@ class Harness:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     def add_tenant(self, name: str, **params: object) -> str:
-        response = self.client.post("/admin/tenants", json={"name": name, **params}, headers=self.admin)
+        response = self.client.post(
+            "/admin/tenants", json={"name": name, **params}, headers=self.admin
+        )
         assert response.status_code == 201, response.text
         key: str = response.json()["api_key"]
         return key

@@ -28,7 +28,14 @@ router = APIRouter(
     responses={s: ERROR_RESPONSES[s] for s in (401, 403, 422)},
 )
 
-_PARAM_FIELDS = ("base_variance", "lambda_scale", "temperature", "ensemble_size", "sensitivity", "noise_mode")
+_PARAM_FIELDS = (
+    "base_variance",
+    "lambda_scale",
+    "temperature",
+    "ensemble_size",
+    "sensitivity",
+    "noise_mode",
+)
 # Fields where an explicit null means something (all models / no limit).
 _NULLABLE_FIELDS = ("allowed_models", "rate_limit_per_second")
 
@@ -57,8 +64,12 @@ def _check_models(services: Services, models: list[str] | None) -> None:
         raise BadInput(f"unknown models in allowed_models: {unknown}")
 
 
-@router.post("", status_code=201, response_model=TenantCreated, responses={409: ERROR_RESPONSES[422]})
-async def create_tenant(body: TenantCreate, services: Services = Depends(get_services)) -> TenantCreated:
+@router.post(
+    "", status_code=201, response_model=TenantCreated, responses={409: ERROR_RESPONSES[422]}
+)
+async def create_tenant(
+    body: TenantCreate, services: Services = Depends(get_services)
+) -> TenantCreated:
     _check_models(services, body.allowed_models)
     params = DefenseParams(**body.model_dump(include=set(_PARAM_FIELDS)))
     try:
@@ -112,7 +123,9 @@ async def rotate_key(name: str, services: Services = Depends(get_services)) -> A
         raise NotFound(f"no tenant named {name!r}") from None
 
 
-@router.delete("/{name}", status_code=204, response_class=Response, responses={404: ERROR_RESPONSES[404]})
+@router.delete(
+    "/{name}", status_code=204, response_class=Response, responses={404: ERROR_RESPONSES[404]}
+)
 async def delete_tenant(name: str, services: Services = Depends(get_services)) -> Response:
     try:
         await run_in_threadpool(services.store.delete, name)

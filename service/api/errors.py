@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..defense import InvalidParameters
@@ -16,11 +18,14 @@ from ..errors import DynanoiseError, RateLimited
 logger = logging.getLogger("dynanoise.api")
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ORJSONResponse:
-    return ORJSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
-async def _dynanoise_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _dynanoise_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, DynanoiseError)
     headers = None
     if isinstance(exc, RateLimited):
@@ -28,11 +33,11 @@ async def _dynanoise_error(_: Request, exc: Exception) -> ORJSONResponse:
     return error_response(exc.status_code, exc.code, exc.message, headers)
 
 
-async def _invalid_parameters(_: Request, exc: Exception) -> ORJSONResponse:
+async def _invalid_parameters(_: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_parameters", str(exc))
 
 
-async def _validation_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Name the fields and what is wrong with them, without echoing the values sent.
     problems = [
@@ -42,7 +47,7 @@ async def _validation_error(_: Request, exc: Exception) -> ORJSONResponse:
     return error_response(422, "invalid_request", "; ".join(problems)[:1000])
 
 
-async def _http_error(_: Request, exc: Exception) -> ORJSONResponse:
+async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = {
         404: "not_found",
@@ -51,10 +56,12 @@ async def _http_error(_: Request, exc: Exception) -> ORJSONResponse:
         403: "forbidden",
         413: "payload_too_large",
     }
-    return error_response(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail), exc.headers)
+    return error_response(
+        exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail), exc.headers
+    )
 
 
-async def _unexpected(_: Request, exc: Exception) -> ORJSONResponse:
+async def _unexpected(_: Request, exc: Exception) -> Response:
     # A bug, not bad input: log the type only (never request data) and answer generically.
     logger.error("unhandled %s", type(exc).__name__, exc_info=exc)
     return error_response(500, "internal_error", "internal error")

@@ -69,7 +69,12 @@ class GuardMiddleware:
 
     async def _reject(self, send: Send) -> None:
         body = orjson.dumps(
-            {"error": {"code": "payload_too_large", "message": f"request body exceeds {self.max_body_bytes} bytes"}}
+            {
+                "error": {
+                    "code": "payload_too_large",
+                    "message": f"request body exceeds {self.max_body_bytes} bytes",
+                }
+            }
         )
         await send(
             {

@@ -12,7 +12,7 @@ from ..defense import MAX_ENSEMBLE_SIZE, NoiseMode, Sensitivity
 
 # ---------------------------------------------------------------- v1
 
-V1_EXAMPLE = {"instances": [[0.0] * 64]}
+V1_EXAMPLE: dict[str, Any] = {"instances": [[0.0] * 64]}
 
 
 class V1PredictRequest(BaseModel):
@@ -25,7 +25,9 @@ class V1PredictRequest(BaseModel):
 
 class V1Prediction(BaseModel):
     label: str = Field(description="The defended top-1 class label.")
-    probabilities: list[float] = Field(description="Defended probabilities, in the model's label order.")
+    probabilities: list[float] = Field(
+        description="Defended probabilities, in the model's label order."
+    )
 
 
 class V1PredictResponse(BaseModel):
@@ -36,7 +38,23 @@ class V1PredictResponse(BaseModel):
                 {
                     "model": "digits",
                     "model_version": "1",
-                    "predictions": [{"label": "0", "probabilities": [0.19, 0.09, 0.08, 0.09, 0.09, 0.09, 0.1, 0.09, 0.09, 0.09]}],
+                    "predictions": [
+                        {
+                            "label": "0",
+                            "probabilities": [
+                                0.19,
+                                0.09,
+                                0.08,
+                                0.09,
+                                0.09,
+                                0.09,
+                                0.1,
+                                0.09,
+                                0.09,
+                                0.09,
+                            ],
+                        }
+                    ],
                 }
             ]
         },
@@ -104,7 +122,9 @@ class V2InferenceRequest(BaseModel):
             "examples": [
                 {
                     "id": "42",
-                    "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}],
+                    "inputs": [
+                        {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+                    ],
                     "outputs": [{"name": "probabilities"}],
                 }
             ]
@@ -152,19 +172,29 @@ class V2ServerMetadata(BaseModel):
 
 class _DefenseFields(BaseModel):
     base_variance: float = Field(0.3, ge=0, description="sigma0^2, the base noise variance.")
-    lambda_scale: float = Field(2.0, ge=0, description="lambda: how much the sensitivity scales the variance.")
+    lambda_scale: float = Field(
+        2.0, ge=0, description="lambda: how much the sensitivity scales the variance."
+    )
     temperature: float = Field(10.0, gt=0, description="T of the final softmax.")
     ensemble_size: int = Field(1, ge=1, le=MAX_ENSEMBLE_SIZE, description="M noise draws averaged.")
     sensitivity: Sensitivity = Field(Sensitivity.ENTROPY, description="How R is measured.")
-    noise_mode: NoiseMode = Field(NoiseMode.FRESH, description="fresh: new noise per call; keyed: sticky.")
-    allowed_models: list[str] | None = Field(None, description="Models this tenant may use; null = all.")
-    rate_limit_per_second: float | None = Field(None, gt=0, description="Requests per second; null = unlimited.")
+    noise_mode: NoiseMode = Field(
+        NoiseMode.FRESH, description="fresh: new noise per call; keyed: sticky."
+    )
+    allowed_models: list[str] | None = Field(
+        None, description="Models this tenant may use; null = all."
+    )
+    rate_limit_per_second: float | None = Field(
+        None, gt=0, description="Requests per second; null = unlimited."
+    )
 
 
 class TenantCreate(_DefenseFields):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"name": "clinic-a", "noise_mode": "keyed", "allowed_models": ["digits"]}]},
+        json_schema_extra={
+            "examples": [{"name": "clinic-a", "noise_mode": "keyed", "allowed_models": ["digits"]}]
+        },
     )
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="Unique tenant name.")
@@ -174,7 +204,8 @@ class TenantUpdate(BaseModel):
     """Only the fields sent change."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"base_variance": 0.5, "noise_mode": "keyed"}]}
+        extra="forbid",
+        json_schema_extra={"examples": [{"base_variance": 0.5, "noise_mode": "keyed"}]},
     )
 
     base_variance: float | None = Field(None, ge=0)

@@ -27,7 +27,8 @@ class DefenseOutput:
 
 def noise_variance(sensitivity_score: FloatArray, params: DefenseParams) -> NDArray[np.float64]:
     """sigma^2 = sigma0^2 * (1 + lambda * R): the variance, not the std, is scaled."""
-    return params.base_variance * (1.0 + params.lambda_scale * np.asarray(sensitivity_score))
+    risk = np.asarray(sensitivity_score, dtype=np.float64)
+    return params.base_variance * (1.0 + params.lambda_scale * risk)
 
 
 def apply_dynanoise(

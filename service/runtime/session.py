@@ -111,5 +111,9 @@ def _check_signature(manifest: ModelManifest, session: ort.InferenceSession, pat
     ):
         raise ModelLoadError(f"{path}: input shape {graph_shape} != manifest {spec.shape}")
     out_shape = outputs[manifest.output.name].shape
-    if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != len(manifest.labels)):
-        raise ModelLoadError(f"{path}: output shape {out_shape} does not match {len(manifest.labels)} labels")
+    if len(out_shape) != 2 or (
+        isinstance(out_shape[1], int) and out_shape[1] != len(manifest.labels)
+    ):
+        raise ModelLoadError(
+            f"{path}: output shape {out_shape} does not match {len(manifest.labels)} labels"
+        )

@@ -13,7 +13,9 @@ from ..conftest import ROW_TOY, Harness, bearer
 
 def test_create_list_update_delete(harness: Harness) -> None:
     c, admin = harness.client, harness.admin
-    created = c.post("/admin/tenants", json={"name": "clinic", "noise_mode": "keyed"}, headers=admin)
+    created = c.post(
+        "/admin/tenants", json={"name": "clinic", "noise_mode": "keyed"}, headers=admin
+    )
     assert created.status_code == 201
     body = created.json()
     assert body["api_key"].startswith("dn_")
@@ -24,7 +26,9 @@ def test_create_list_update_delete(harness: Harness) -> None:
     assert [t["name"] for t in listed] == ["clinic"]
     assert "api_key" not in listed[0]
 
-    patched = c.patch("/admin/tenants/clinic", json={"temperature": 3.0, "allowed_models": ["toy"]}, headers=admin)
+    patched = c.patch(
+        "/admin/tenants/clinic", json={"temperature": 3.0, "allowed_models": ["toy"]}, headers=admin
+    )
     assert patched.status_code == 200
     assert patched.json()["temperature"] == 3.0 and patched.json()["allowed_models"] == ["toy"]
     assert patched.json()["version"] == body["version"] + 1
@@ -36,10 +40,16 @@ def test_create_list_update_delete(harness: Harness) -> None:
 
 def test_parameter_change_takes_effect_on_next_request(harness: Harness) -> None:
     key = harness.add_tenant("acme", base_variance=0.0, temperature=1.0)
-    first = harness.client.post("/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(key)).json()
+    first = harness.client.post(
+        "/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(key)
+    ).json()
     harness.client.patch("/admin/tenants/acme", json={"temperature": 100.0}, headers=harness.admin)
-    second = harness.client.post("/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(key)).json()
-    assert max(second["predictions"][0]["probabilities"]) < max(first["predictions"][0]["probabilities"])
+    second = harness.client.post(
+        "/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(key)
+    ).json()
+    assert max(second["predictions"][0]["probabilities"]) < max(
+        first["predictions"][0]["probabilities"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -66,7 +76,12 @@ def test_invalid_tenant_parameters_are_422(harness: Harness, body: dict) -> None
 def test_invalid_update_is_422_and_null_params_refused(harness: Harness) -> None:
     harness.add_tenant("acme")
     for body in ({"temperature": -1}, {"temperature": None}, {"ensemble_size": 100}):
-        assert harness.client.patch("/admin/tenants/acme", json=body, headers=harness.admin).status_code == 422
+        assert (
+            harness.client.patch(
+                "/admin/tenants/acme", json=body, headers=harness.admin
+            ).status_code
+            == 422
+        )
 
 
 def test_duplicate_tenant_is_409(harness: Harness) -> None:
@@ -81,16 +96,27 @@ def test_rotated_key_stops_working_at_once(harness: Harness) -> None:
     new = rotated.json()["api_key"]
     assert new != old
     url = "/v1/models/toy/predict"
-    assert harness.client.post(url, json={"instances": [ROW_TOY]}, headers=bearer(old)).status_code == 401
-    assert harness.client.post(url, json={"instances": [ROW_TOY]}, headers=bearer(new)).status_code == 200
+    assert (
+        harness.client.post(url, json={"instances": [ROW_TOY]}, headers=bearer(old)).status_code
+        == 401
+    )
+    assert (
+        harness.client.post(url, json={"instances": [ROW_TOY]}, headers=bearer(new)).status_code
+        == 200
+    )
 
 
 @pytest.mark.parametrize("token", [None, "wrong", "dn_tenant_key"])
 def test_admin_needs_the_admin_token(harness: Harness, token: str | None) -> None:
     tenant_key = harness.add_tenant("acme")
     headers = {} if token is None else bearer(tenant_key if token == "dn_tenant_key" else token)
-    for method, url in (("get", "/admin/tenants"), ("post", "/admin/tenants"), ("delete", "/admin/tenants/acme"),
-                        ("patch", "/admin/tenants/acme"), ("post", "/admin/tenants/acme/rotate-key")):
+    for method, url in (
+        ("get", "/admin/tenants"),
+        ("post", "/admin/tenants"),
+        ("delete", "/admin/tenants/acme"),
+        ("patch", "/admin/tenants/acme"),
+        ("post", "/admin/tenants/acme/rotate-key"),
+    ):
         response = harness.client.request(method, url, headers=headers, json={"name": "evil"})
         assert response.status_code == 401, (method, url)
 
@@ -107,18 +133,40 @@ def test_one_tenants_key_cannot_be_used_as_another(harness: Harness) -> None:
     key_a = harness.add_tenant("a", allowed_models=["toy"])
     harness.add_tenant("b", allowed_models=["wide"])
     # a's key only ever acts as a: it can use toy, never b's wide model.
-    assert harness.client.post("/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(key_a)).status_code == 200
-    assert harness.client.post("/v1/models/wide/predict", json={"instances": [[0.0] * 6]}, headers=bearer(key_a)).status_code == 403
+    assert (
+        harness.client.post(
+            "/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(key_a)
+        ).status_code
+        == 200
+    )
+    assert (
+        harness.client.post(
+            "/v1/models/wide/predict", json={"instances": [[0.0] * 6]}, headers=bearer(key_a)
+        ).status_code
+        == 403
+    )
     # and a tampered key (right id, wrong secret) is refused
     tampered = key_a[:-4] + ("AAAA" if not key_a.endswith("AAAA") else "BBBB")
-    assert harness.client.post("/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(tampered)).status_code == 401
+    assert (
+        harness.client.post(
+            "/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(tampered)
+        ).status_code
+        == 401
+    )
 
 
 def test_openapi_documents_every_route_with_examples(harness: Harness) -> None:
     schema = harness.client.get("/openapi.json").json()
     paths = schema["paths"]
-    for path in ("/v1/models/{model}/predict", "/v2/models/{model}/infer", "/admin/tenants", "/metrics"):
+    for path in (
+        "/v1/models/{model}/predict",
+        "/v2/models/{model}/infer",
+        "/admin/tenants",
+        "/metrics",
+    ):
         assert path in paths
-    predict_body = paths["/v1/models/{model}/predict"]["post"]["requestBody"]["content"]["application/json"]
+    predict_body = paths["/v1/models/{model}/predict"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]
     assert predict_body["schema"]["examples"]
     assert "422" in paths["/v1/models/{model}/predict"]["post"]["responses"]

@@ -35,8 +35,12 @@ def test_v1_returns_defended_probabilities(harness: Harness) -> None:
 def test_temperature_flattens_the_answer(harness: Harness) -> None:
     sharp = harness.add_tenant("sharp", base_variance=0.0, temperature=0.5)
     smooth = harness.add_tenant("smooth", base_variance=0.0, temperature=50.0)
-    p_sharp = np.array(_predict(harness, sharp, {"instances": [ROW]})[1]["predictions"][0]["probabilities"])
-    p_smooth = np.array(_predict(harness, smooth, {"instances": [ROW]})[1]["predictions"][0]["probabilities"])
+    p_sharp = np.array(
+        _predict(harness, sharp, {"instances": [ROW]})[1]["predictions"][0]["probabilities"]
+    )
+    p_smooth = np.array(
+        _predict(harness, smooth, {"instances": [ROW]})[1]["predictions"][0]["probabilities"]
+    )
     assert p_sharp.argmax() == p_smooth.argmax()
     assert p_sharp.max() > p_smooth.max()
     assert p_smooth.max() - p_smooth.min() < 0.1
@@ -83,7 +87,9 @@ def test_v1_accepts_gzip_bodies(harness: Harness) -> None:
 def test_bad_v1_bodies_get_4xx_json(harness: Harness, body: bytes, status: int) -> None:
     key = harness.add_tenant("acme")
     response = harness.client.post(
-        "/v1/models/toy/predict", content=body, headers={**bearer(key), "Content-Type": "application/json"}
+        "/v1/models/toy/predict",
+        content=body,
+        headers={**bearer(key), "Content-Type": "application/json"},
     )
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -94,7 +100,9 @@ def test_oversized_body_gets_413(harness: Harness) -> None:
     key = harness.add_tenant("acme")
     body = b'{"instances": [' + b"[1,2,3,4]," * 10_000 + b"[1,2,3,4]]}"
     response = harness.client.post(
-        "/v1/models/toy/predict", content=body, headers={**bearer(key), "Content-Type": "application/json"}
+        "/v1/models/toy/predict",
+        content=body,
+        headers={**bearer(key), "Content-Type": "application/json"},
     )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
@@ -116,10 +124,14 @@ def test_unknown_model_is_404(harness: Harness) -> None:
     assert _predict(harness, key, {"instances": [ROW]}, model="nope")[0] == 404
 
 
-@pytest.mark.parametrize("header", [None, "Bearer", "Bearer nope", "Bearer dn_abc_def", "Basic abc"])
+@pytest.mark.parametrize(
+    "header", [None, "Bearer", "Bearer nope", "Bearer dn_abc_def", "Basic abc"]
+)
 def test_missing_or_bad_key_is_401(harness: Harness, header: str | None) -> None:
     headers = {} if header is None else {"Authorization": header}
-    response = harness.client.post("/v1/models/toy/predict", json={"instances": [ROW]}, headers=headers)
+    response = harness.client.post(
+        "/v1/models/toy/predict", json={"instances": [ROW]}, headers=headers
+    )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
 
@@ -150,6 +162,8 @@ def test_responses_never_contain_clean_probabilities(harness: Harness, models_di
     clean = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
     p = np.array(_predict(harness, key, {"instances": [ROW]})[1]["predictions"][0]["probabilities"])
     assert not np.allclose(p, clean, atol=1e-3)
-    raw = harness.client.post("/v1/models/toy/predict", json={"instances": [ROW]}, headers=bearer(key)).text
+    raw = harness.client.post(
+        "/v1/models/toy/predict", json={"instances": [ROW]}, headers=bearer(key)
+    ).text
     for value in z:
         assert f"{value:.4f}"[:6] not in raw

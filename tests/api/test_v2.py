@@ -12,7 +12,10 @@ ROWS = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]], dtype=np.float32
 
 
 def _json_request(data: object, shape: list[int], datatype: str = "FP32", **extra: object) -> dict:
-    return {"inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}], **extra}
+    return {
+        "inputs": [{"name": "input", "shape": shape, "datatype": datatype, "data": data}],
+        **extra,
+    }
 
 
 def test_server_and_model_metadata(harness: Harness) -> None:
@@ -50,7 +53,12 @@ def test_binary_infer_both_ways(harness: Harness) -> None:
     header = orjson.dumps(
         {
             "inputs": [
-                {"name": "input", "shape": [2, 4], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}
+                {
+                    "name": "input",
+                    "shape": [2, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
             ],
             "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
         }
@@ -58,8 +66,11 @@ def test_binary_infer_both_ways(harness: Harness) -> None:
     response = harness.client.post(
         "/v2/models/toy/infer",
         content=header + raw,
-        headers={**bearer(key), "Inference-Header-Content-Length": str(len(header)),
-                 "Content-Type": "application/octet-stream"},
+        headers={
+            **bearer(key),
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        },
     )
     assert response.status_code == 200, response.text
     json_size = int(response.headers["Inference-Header-Content-Length"])
@@ -70,7 +81,9 @@ def test_binary_infer_both_ways(harness: Harness) -> None:
     assert size == p.nbytes == 2 * 3 * 4
     # Keyed noise: the JSON path gives the same numbers for the same rows.
     json_answer = harness.client.post(
-        "/v2/models/toy/infer", json=_json_request(ROWS.ravel().tolist(), [2, 4]), headers=bearer(key)
+        "/v2/models/toy/infer",
+        json=_json_request(ROWS.ravel().tolist(), [2, 4]),
+        headers=bearer(key),
     ).json()
     np.testing.assert_array_equal(p, np.array(json_answer["outputs"][0]["data"], dtype=np.float32))
 
@@ -78,8 +91,18 @@ def test_binary_infer_both_ways(harness: Harness) -> None:
 def test_versioned_infer_route(harness: Harness) -> None:
     key = harness.add_tenant("acme")
     body = _json_request(ROWS.ravel().tolist(), [2, 4])
-    assert harness.client.post("/v2/models/toy/versions/1/infer", json=body, headers=bearer(key)).status_code == 200
-    assert harness.client.post("/v2/models/toy/versions/9/infer", json=body, headers=bearer(key)).status_code == 404
+    assert (
+        harness.client.post(
+            "/v2/models/toy/versions/1/infer", json=body, headers=bearer(key)
+        ).status_code
+        == 200
+    )
+    assert (
+        harness.client.post(
+            "/v2/models/toy/versions/9/infer", json=body, headers=bearer(key)
+        ).status_code
+        == 404
+    )
 
 
 @pytest.mark.parametrize(
@@ -95,7 +118,14 @@ def test_versioned_infer_route(harness: Harness) -> None:
         (_json_request([], [0, 4]), 422),
         (_json_request([0.0] * 68, [17, 4]), 422),
         (_json_request(["a", "b", "c", "d"], [1, 4]), 422),
-        ({"inputs": [{"name": "other", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, 422),
+        (
+            {
+                "inputs": [
+                    {"name": "other", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+                ]
+            },
+            422,
+        ),
         (_json_request([1, 2, 3, 4], [1, 4], outputs=[{"name": "logits"}]), 422),
     ],
 )
@@ -121,12 +151,23 @@ def test_bad_binary_requests_get_422(harness: Harness, values, header_length, de
     key = harness.add_tenant("acme")
     raw = values.tobytes()
     header = orjson.dumps(
-        {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
-                     "parameters": {"binary_data_size": declared or len(raw)}}]}
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": declared or len(raw)},
+                }
+            ]
+        }
     )
     response = harness.client.post(
         "/v2/models/toy/infer",
         content=header + raw,
-        headers={**bearer(key), "Inference-Header-Content-Length": header_length or str(len(header))},
+        headers={
+            **bearer(key),
+            "Inference-Header-Content-Length": header_length or str(len(header)),
+        },
     )
     assert response.status_code == 422, response.text

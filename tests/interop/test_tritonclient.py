@@ -21,15 +21,21 @@ ADMIN = "live-admin"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     root = tmp_path_factory.mktemp("interop")
     write_linear_model(root / "models", name="toy", n_features=4, n_classes=3)
-    with live_server(models_dir=root / "models", database_url=f"sqlite:///{root / 'db.sqlite'}",
-                     admin_token=ADMIN) as url:
-        created = httpx.post(f"{url}/admin/tenants", json={"name": "triton", "noise_mode": "keyed"},
-                             headers={"Authorization": f"Bearer {ADMIN}"})
+    with live_server(
+        models_dir=root / "models",
+        database_url=f"sqlite:///{root / 'db.sqlite'}",
+        admin_token=ADMIN,
+    ) as url:
+        created = httpx.post(
+            f"{url}/admin/tenants",
+            json={"name": "triton", "noise_mode": "keyed"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        )
         created.raise_for_status()
         yield url, created.json()["api_key"]
 
 
-def _client(url: str) -> "tritonclient_http.InferenceServerClient":
+def _client(url: str) -> tritonclient_http.InferenceServerClient:
     return tritonclient_http.InferenceServerClient(url=url.removeprefix("http://"))
 
 
@@ -44,13 +50,17 @@ def test_tritonclient_infer_gets_probabilities(server: tuple[str, str], binary: 
     infer_input = tritonclient_http.InferInput("input", list(x.shape), "FP32")
     infer_input.set_data_from_numpy(x, binary_data=binary)
     outputs = [tritonclient_http.InferRequestedOutput("probabilities", binary_data=binary)]
-    result = client.infer("toy", [infer_input], outputs=outputs, headers={"Authorization": f"Bearer {key}"})
+    result = client.infer(
+        "toy", [infer_input], outputs=outputs, headers={"Authorization": f"Bearer {key}"}
+    )
     p = result.as_numpy("probabilities")
     assert p.shape == (2, 3) and p.dtype == np.float32
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_tritonclient_defaults_binary_output_when_no_outputs_requested(server: tuple[str, str]) -> None:
+def test_tritonclient_defaults_binary_output_when_no_outputs_requested(
+    server: tuple[str, str],
+) -> None:
     url, key = server
     client = _client(url)
     x = np.ones((3, 4), dtype=np.float32)
@@ -58,7 +68,9 @@ def test_tritonclient_defaults_binary_output_when_no_outputs_requested(server: t
     infer_input.set_data_from_numpy(x)  # binary by default
     result = client.infer("toy", [infer_input], headers={"Authorization": f"Bearer {key}"})
     first = result.as_numpy("probabilities")
-    again = client.infer("toy", [infer_input], headers={"Authorization": f"Bearer {key}"}).as_numpy("probabilities")
+    again = client.infer("toy", [infer_input], headers={"Authorization": f"Bearer {key}"}).as_numpy(
+        "probabilities"
+    )
     assert first.shape == (3, 3)
     np.testing.assert_array_equal(first, again)  # keyed tenant: identical query, identical answer
 
@@ -76,24 +88,39 @@ def test_tritonclient_sees_auth_errors(server: tuple[str, str]) -> None:
 def test_metrics_count_requests_from_every_worker(tmp_path: Path) -> None:
     write_linear_model(tmp_path / "models", name="toy", n_features=4, n_classes=3)
     prom_dir = tmp_path / "prom"
-    with live_server(models_dir=tmp_path / "models", database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
-                     admin_token=ADMIN, workers=2,
-                     extra_env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)}) as url:
-        key = httpx.post(f"{url}/admin/tenants", json={"name": "multi"},
-                         headers={"Authorization": f"Bearer {ADMIN}"}).json()["api_key"]
+    with live_server(
+        models_dir=tmp_path / "models",
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        admin_token=ADMIN,
+        workers=2,
+        extra_env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)},
+    ) as url:
+        key = httpx.post(
+            f"{url}/admin/tenants",
+            json={"name": "multi"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
+        ).json()["api_key"]
         n = 0
         # Fresh connections are accepted by whichever worker is free; send until
         # both workers have written samples (each worker writes its own file).
         while n < 600 and (n < 40 or len(_worker_pids(prom_dir)) < 2):
             with httpx.Client() as fresh:
-                r = fresh.post(f"{url}/v1/models/toy/predict", json={"instances": [[1, 2, 3, 4]]},
-                               headers={"Authorization": f"Bearer {key}"})
+                r = fresh.post(
+                    f"{url}/v1/models/toy/predict",
+                    json={"instances": [[1, 2, 3, 4]]},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
                 assert r.status_code == 200
             n += 1
         text = httpx.get(f"{url}/metrics").text
     assert len(_worker_pids(prom_dir)) == 2, "requests never reached the second worker"
-    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if line.startswith("dynanoise_requests_total{") and 'tenant="multi"' in line and 'code="200"' in line)
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("dynanoise_requests_total{")
+        and 'tenant="multi"' in line
+        and 'code="200"' in line
+    )
     assert total == n
 
 

@@ -1,0 +1,127 @@
+"""The `dynanoise` CLI: tenant management end to end against a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from service.commands.serve import ensure_demo_tenant
+from service.tenants import TenantStore
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_tenant_lifecycle(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(
+        capsys,
+        "tenants",
+        "--database-url",
+        db_url,
+        "add",
+        "clinic",
+        "--noise-mode",
+        "keyed",
+        "--base-variance",
+        "0.5",
+        "--allowed-models",
+        "digits,mnist5k",
+    )
+    assert code == 0
+    key = out.strip().splitlines()[-1]
+    assert key.startswith("dn_")
+
+    store = TenantStore(db_url)
+    tenant = store.authenticate(key)
+    assert tenant is not None and tenant.name == "clinic"
+    assert tenant.params.base_variance == 0.5 and tenant.params.noise_mode == "keyed"
+    assert tenant.allows("digits") and not tenant.allows("other")
+
+    code, out, _ = _run(capsys, "tenants", "--database-url", db_url, "list", "--json")
+    listed = json.loads(out)
+    assert [t["name"] for t in listed] == ["clinic"]
+    assert key not in out
+
+    code, out, _ = _run(
+        capsys, "tenants", "--database-url", db_url, "update", "clinic", "--temperature", "4"
+    )
+    assert code == 0 and json.loads(out)["temperature"] == 4.0
+
+    code, out, _ = _run(capsys, "tenants", "--database-url", db_url, "rotate-key", "clinic")
+    new_key = out.strip().splitlines()[-1]
+    assert code == 0 and new_key != key
+    fresh = TenantStore(db_url, cache_ttl_seconds=0)
+    assert fresh.authenticate(key) is None and fresh.authenticate(new_key) is not None
+
+    code, _, _ = _run(capsys, "tenants", "--database-url", db_url, "remove", "clinic")
+    assert code == 0
+    assert TenantStore(db_url).list() == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("add", "bad name"),
+        ("add", "x", "--temperature", "0"),
+        ("add", "x", "--ensemble-size", "100"),
+        ("update", "ghost", "--temperature", "2"),
+        ("rotate-key", "ghost"),
+        ("remove", "ghost"),
+        ("update", "ghost"),
+    ],
+)
+def test_tenant_errors_exit_nonzero_with_a_message(
+    db_url: str, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, _, err = _run(capsys, "tenants", "--database-url", db_url, *argv)
+    assert code == 1 and err.startswith("dynanoise tenants:")
+
+
+def test_duplicate_tenant_is_refused(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(capsys, "tenants", "--database-url", db_url, "add", "a")[0] == 0
+    assert _run(capsys, "tenants", "--database-url", db_url, "add", "a")[0] == 1
+
+
+def test_demo_tenant_is_created_once(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = TenantStore(db_url)
+    store.migrate()
+    key_file = tmp_path / "demo_api_key"
+    key = ensure_demo_tenant(store, key_file)
+    assert key is not None and key in capsys.readouterr().out
+    assert key_file.read_text().strip() == key
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert ensure_demo_tenant(store, key_file) is None
+    assert [t.name for t in store.list()] == ["demo"]
+
+
+def test_serve_refuses_a_broken_models_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # serve exports its options for worker processes; let monkeypatch restore them.
+    monkeypatch.setenv("DYNANOISE_MODELS_DIR", "unset")
+    monkeypatch.setenv("DYNANOISE_DATABASE_URL", "unset")
+    (tmp_path / "models" / "bad").mkdir(parents=True)
+    (tmp_path / "models" / "bad" / "manifest.json").write_text("{not json")
+    code, _, err = _run(
+        capsys,
+        "serve",
+        "--models-dir",
+        str(tmp_path / "models"),
+        "--database-url",
+        f"sqlite:///{tmp_path / 'db'}",
+    )
+    assert code == 2
+    assert "cannot start" in err and "bad" in err
