@@ -35,6 +35,10 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff check service tests
 	$(BIN)/ruff format --check service tests
 	$(BIN)/mypy
+	bash scripts/lint_deploy.sh
+
+audit: $(DEV_STAMP)
+	$(BIN)/dynanoise audit --dataset digits --out reports/digits
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -32,16 +32,16 @@ def best_threshold(member_scores: ArrayLike, nonmember_scores: ArrayLike) -> flo
     """Threshold t maximising the balanced accuracy of the rule "member iff score > t".
 
     Balanced accuracy = (P[s_in > t] + P[s_out <= t]) / 2 (Song & Mittal's criterion;
-    plain accuracy on a balanced set). Candidates are -inf (everyone a member), the
-    midpoints between consecutive distinct scores and the largest score (nobody a
-    member); ties go to the smallest t.
+    plain accuracy on a balanced set). Candidates are min - 1 (everyone a member; finite,
+    so that score - t stays finite), the midpoints between consecutive distinct scores
+    and the largest score (nobody a member); ties go to the smallest t.
     """
     s_in = np.sort(np.asarray(member_scores, dtype=np.float64).ravel())
     s_out = np.sort(np.asarray(nonmember_scores, dtype=np.float64).ravel())
     if s_in.size == 0 or s_out.size == 0:
         raise ValueError("need at least one member and one non-member score")
     values = np.unique(np.concatenate([s_in, s_out]))
-    candidates = np.concatenate([[-np.inf], (values[:-1] + values[1:]) / 2.0, values[-1:]])
+    candidates = np.concatenate([values[:1] - 1.0, (values[:-1] + values[1:]) / 2.0, values[-1:]])
     tpr = 1.0 - np.searchsorted(s_in, candidates, side="right") / s_in.size
     tnr = np.searchsorted(s_out, candidates, side="right") / s_out.size
     return float(candidates[np.argmax(tpr + tnr)])

@@ -1,0 +1,237 @@
+"""The output defenses an audit compares, each a named map (logits, inputs) -> probabilities.
+
+Every defense acts on the clean logits z (n, k) of the same target model and
+returns probabilities (n, k). Randomness comes from the caller's generator; the
+keyed DynaNoise variant draws from HMAC(secret, model id + input) instead, so an
+attacker-side copy (``for_attacker``) keeps the mechanism and the parameters but
+not the server's secret (Kerckhoffs: the key is the only thing kept private).
+"""
+
+from __future__ import annotations
+
+import secrets as _secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..defense import (
+    DefenseParams,
+    NoiseMode,
+    defend,
+    no_defense,
+    sensitivity,
+    static_gaussian,
+    temperature_only,
+    top1_label_only,
+    top_k_rounded,
+)
+
+Probabilities = NDArray[np.float64]
+BaselineFunction = Callable[[NDArray[Any], np.random.Generator], NDArray[Any]]
+
+DEFENSE_NAMES = (
+    "no_defense",
+    "temperature_only",
+    "static_gaussian",
+    "top1_label_only",
+    "top_k_rounded",
+    "dynanoise_fresh",
+    "dynanoise_keyed",
+)
+"""Every defense `build_defenses` knows, in report order (the baseline first)."""
+
+BASELINE = "no_defense"
+TOP_K = 3
+TOP_K_DECIMALS = 1
+
+
+class UnknownDefense(ValueError):
+    """A defense name that `build_defenses` does not know."""
+
+
+@runtime_checkable
+class AuditedDefense(Protocol):
+    """A named output defense; ``__call__(logits, inputs, rng)`` gives probabilities."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def temperature(self) -> float:
+        """The T an attacker who knows the mechanism uses for logit recovery (1 = none)."""
+        ...
+
+    @property
+    def repeats_for_identical_input(self) -> bool:
+        """True when the same input always gets the same answer (averaging gains nothing)."""
+        ...
+
+    def __call__(
+        self, logits: NDArray[Any], inputs: NDArray[Any], rng: np.random.Generator
+    ) -> Probabilities: ...
+
+    def parameters(self) -> dict[str, Any]:
+        """Plain-data parameters for the report (never a secret)."""
+        ...
+
+    def for_attacker(self, rng: np.random.Generator) -> AuditedDefense:
+        """The copy a defense-aware attacker runs on its shadows: same mechanism and
+        parameters, and for keyed noise a secret of its own (drawn from ``rng``)."""
+        ...
+
+
+@dataclass(frozen=True, eq=False)
+class Baseline:
+    """A stateless baseline from service.defense, wrapped to the audit's signature."""
+
+    name: str
+    description: str
+    function: BaselineFunction = field(repr=False)
+    temperature: float = 1.0
+    repeats_for_identical_input: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(
+        self, logits: NDArray[Any], inputs: NDArray[Any], rng: np.random.Generator
+    ) -> Probabilities:
+        return np.asarray(self.function(logits, rng), dtype=np.float64)
+
+    def parameters(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def for_attacker(self, rng: np.random.Generator) -> Baseline:
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class DynaNoiseDefense:
+    """DynaNoise with ``params``; keyed mode needs ``secret`` and the target's ``model_id``."""
+
+    name: str
+    params: DefenseParams
+    secret: bytes | None = field(default=None, repr=False)
+    model_id: str = ""
+    description: str = ""
+
+    @property
+    def temperature(self) -> float:
+        return self.params.temperature
+
+    @property
+    def repeats_for_identical_input(self) -> bool:
+        return self.params.noise_mode is NoiseMode.KEYED or not self.params.adds_noise
+
+    def __call__(
+        self, logits: NDArray[Any], inputs: NDArray[Any], rng: np.random.Generator
+    ) -> Probabilities:
+        out = defend(
+            logits, self.params, rng=rng, secret=self.secret, model_id=self.model_id, inputs=inputs
+        )
+        return np.asarray(out.probabilities, dtype=np.float64)
+
+    def parameters(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "base_variance": p.base_variance,
+            "lambda_scale": p.lambda_scale,
+            "temperature": p.temperature,
+            "ensemble_size": p.ensemble_size,
+            "sensitivity": str(p.sensitivity),
+            "noise_mode": str(p.noise_mode),
+        }
+
+    def for_attacker(self, rng: np.random.Generator) -> DynaNoiseDefense:
+        if self.params.noise_mode is not NoiseMode.KEYED:
+            return self
+        return replace(self, secret=rng.bytes(32))
+
+
+def mean_sensitivity(logits: NDArray[Any], params: DefenseParams) -> float:
+    """Mean R of the clean logits, with the sensitivity measure of ``params``."""
+    return float(sensitivity(logits, params.sensitivity).mean())
+
+
+def static_sigma(params: DefenseParams, average_sensitivity: float) -> float:
+    """sigma = sqrt(sigma0^2 (1 + lambda * mean R)): DynaNoise's noise at the average R,
+    so the static baseline adds as much noise on average, just not where the risk is."""
+    return float(np.sqrt(params.base_variance * (1.0 + params.lambda_scale * average_sensitivity)))
+
+
+def build_defenses(
+    names: Sequence[str],
+    *,
+    params: DefenseParams | None = None,
+    average_sensitivity: float = 0.0,
+    secret: bytes | None = None,
+    model_id: str = "",
+) -> list[AuditedDefense]:
+    """The named defenses, in ``DEFENSE_NAMES`` order whatever the order asked.
+
+    ``params`` are DynaNoise's (default: the paper's 0.3 / 2.0 / 10 / 1); temperature
+    only and the static Gaussian reuse its temperature, and the static Gaussian its
+    average noise (``average_sensitivity`` = mean R on the target's clean outputs).
+    ``secret`` keys dynanoise_keyed (a fresh random one when None).
+    """
+    unknown = sorted(set(names) - set(DEFENSE_NAMES))
+    if unknown:
+        raise UnknownDefense(f"unknown defenses {unknown}; choose from {list(DEFENSE_NAMES)}")
+    p = params or DefenseParams()
+    t = p.temperature
+    sigma = static_sigma(p, average_sensitivity)
+    keyed_secret = secret if secret is not None else _secrets.token_bytes(32)
+    catalogue: dict[str, Callable[[], AuditedDefense]] = {
+        "no_defense": lambda: Baseline(
+            "no_defense", "softmax(z), the model's own output", lambda z, _: no_defense(z)
+        ),
+        "temperature_only": lambda: Baseline(
+            "temperature_only",
+            f"softmax(z / {t:g}), no noise",
+            lambda z, _: temperature_only(z, t),
+            temperature=t,
+            params={"temperature": t},
+        ),
+        "static_gaussian": lambda: Baseline(
+            "static_gaussian",
+            f"softmax((z + e) / {t:g}), e ~ N(0, {sigma:.3f}^2 I) for every query",
+            lambda z, rng: static_gaussian(z, sigma, rng, temperature=t),
+            temperature=t,
+            repeats_for_identical_input=False,
+            params={"std": sigma, "temperature": t, "mean_sensitivity": average_sensitivity},
+        ),
+        "top1_label_only": lambda: Baseline(
+            "top1_label_only", "one-hot of the argmax", lambda z, _: top1_label_only(z)
+        ),
+        "top_k_rounded": lambda: Baseline(
+            "top_k_rounded",
+            f"top-{TOP_K} probabilities rounded to {TOP_K_DECIMALS} decimal",
+            lambda z, _: top_k_rounded(z, TOP_K, TOP_K_DECIMALS),
+            params={"k": TOP_K, "decimals": TOP_K_DECIMALS},
+        ),
+        "dynanoise_fresh": lambda: DynaNoiseDefense(
+            "dynanoise_fresh",
+            replace(p, noise_mode=NoiseMode.FRESH),
+            description="DynaNoise, fresh noise per call (the paper)",
+        ),
+        "dynanoise_keyed": lambda: DynaNoiseDefense(
+            "dynanoise_keyed",
+            replace(p, noise_mode=NoiseMode.KEYED),
+            secret=keyed_secret,
+            model_id=model_id,
+            description="DynaNoise, noise keyed to (secret, model, input)",
+        ),
+    }
+    return [catalogue[name]() for name in DEFENSE_NAMES if name in names]
+
+
+def served_defense(params: DefenseParams, name: str = "served") -> DynaNoiseDefense:
+    """The defense of a live deployment, as the attacker models it: the tenant's
+    parameters, no secret (the server's key never leaves it)."""
+    return DynaNoiseDefense(
+        name, params, description=f"the deployment's DynaNoise ({params.noise_mode} noise)"
+    )

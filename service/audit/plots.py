@@ -1,0 +1,128 @@
+"""Audit figures, drawn from the report data (results.json, roc.json) alone.
+
+- roc_<protocol>.png: one panel per attack, one line per defense, log-log axes
+  (the low-FPR corner is where membership inference matters, Carlini et al. 2022).
+- privacy_utility.png: accuracy drop vs the best score-based attack's AUC, per
+  defense, one panel per protocol, with the label-only floor beside it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never open a window
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
+
+from .report import FLOOR, TITLES, best_attack
+
+DPI = 110
+
+
+def write_figures(results: dict[str, Any], rocs: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """Every figure into ``out_dir``; returns {file name: path}."""
+    out = Path(out_dir)
+    figures: dict[str, Path] = {}
+    for protocol in rocs:
+        path = out / f"roc_{protocol.replace('-', '_')}.png"
+        roc_figure(rocs[protocol], TITLES.get(protocol, protocol), path, _n_nonmembers(results))
+        figures[path.name] = path
+    path = out / "privacy_utility.png"
+    privacy_utility_figure(results, path)
+    figures[path.name] = path
+    return figures
+
+
+def _n_nonmembers(results: dict[str, Any]) -> int:
+    return int(results["split"]["sizes"]["eval_non_members"])
+
+
+def roc_figure(
+    by_defense: dict[str, dict[str, Any]], title: str, path: Path, n_nonmembers: int
+) -> None:
+    """ROC curves on log-log axes: a panel per attack, a line per defense."""
+    attacks = list(next(iter(by_defense.values())))
+    cols = min(4, len(attacks))
+    rows = math.ceil(len(attacks) / cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(3.3 * cols, 3.1 * rows), squeeze=False, sharex=True, sharey=True
+    )
+    low = 0.5 / max(n_nonmembers, 1)  # below the smallest non-zero FPR the data can show
+    colours = plt.get_cmap("tab10")
+    decades = [10.0**e for e in range(math.floor(math.log10(low)), 1)]
+    for ax, attack in zip(axes.flat, attacks, strict=False):
+        for i, (defense, curves) in enumerate(by_defense.items()):
+            fpr, tpr = (np.asarray(v, dtype=float) for v in curves[attack])
+            ax.plot(
+                np.maximum(fpr, low),
+                np.maximum(tpr, low),
+                color=colours(i % 10),
+                lw=1.2,
+                label=defense,
+            )
+        grid = np.logspace(np.log10(low), 0, 50)
+        ax.plot(grid, grid, color="grey", lw=0.8, ls="--")
+        ax.set(xscale="log", yscale="log", xlim=(low, 1), ylim=(low, 1.05), title=attack)
+        # Decades only: matplotlib's default log minor ticks make drawing slow.
+        ax.xaxis.set_major_locator(FixedLocator(decades))
+        ax.yaxis.set_major_locator(FixedLocator(decades))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(attacks) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("TPR")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("FPR")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8)
+    fig.suptitle(f"ROC, {title}: log-log (dashed: chance)")
+    # Fixed margins: tight_layout on log axes costs seconds per figure.
+    fig.subplots_adjust(left=0.06, right=0.98, top=0.92, bottom=0.08 + 0.1 / rows, hspace=0.3)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def privacy_utility_figure(results: dict[str, Any], path: Path) -> None:
+    """Accuracy drop vs best score-based attack AUC (filled) and label-only AUC (hollow)."""
+    protocols = [p for p in TITLES if p in next(iter(results["results"].values()))]
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 4.4), squeeze=False)
+    base = results["utility"]["no_defense"]["accuracy"]
+    colours = plt.get_cmap("tab10")
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        for i, (defense, by_protocol) in enumerate(results["results"].items()):
+            block = by_protocol[protocol]
+            drop = base - results["utility"][defense]["accuracy"]
+            name, best = best_attack(block)
+            low, high = best["ci"]["auc"]
+            colour = colours(i % 10)
+            ax.errorbar(
+                drop,
+                best["auc"],
+                yerr=[[best["auc"] - low], [high - best["auc"]]],
+                fmt="o",
+                color=colour,
+                capsize=3,
+                label=f"{defense} ({name})",
+            )
+            ax.plot(drop, block["attacks"][FLOOR]["auc"], "o", mfc="none", color=colour)
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+        ax.set(
+            xlabel="accuracy drop (test set)",
+            ylabel="best attack AUC",
+            title=TITLES[protocol],
+        )
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Privacy vs utility (hollow: label-only floor; dashed: chance)")
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.13, wspace=0.25)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
