@@ -12,6 +12,10 @@ help:
 	@echo "make serve   create .venv, install the serving dependencies, start on :8000"
 	@echo "make test    install serving + audit + dev dependencies, run the test suite"
 	@echo "make lint    ruff, mypy, hadolint, compose config, pip-audit"
+	@echo "make fuzz    schemathesis against the OpenAPI schema (200 examples per operation)"
+	@echo "make load    60 s load test, 64 clients, several keyed tenants"
+	@echo "make audit   privacy audit of the digits model (report in reports/digits)"
+	@echo "make bench   benchmarks (bench/README.md)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +40,13 @@ lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check service tests
 	$(BIN)/mypy
 	bash scripts/lint_deploy.sh
+	$(BIN)/python scripts/audit_deps.py
+
+fuzz: $(DEV_STAMP)
+	DYNANOISE_FUZZ_EXAMPLES=$${DYNANOISE_FUZZ_EXAMPLES:-200} DYNANOISE_FUZZ_REPORT=fuzz-report.json $(BIN)/python -m pytest tests/reliability/test_fuzz.py
+
+load: $(DEV_STAMP)
+	$(BIN)/python -m tests.load.loadtest --duration 60 --clients 64 --out load-report.json
 
 audit: $(DEV_STAMP)
 	$(BIN)/dynanoise audit --dataset digits --out reports/digits

@@ -12,6 +12,7 @@ from . import __version__
 from .api import admin, health, v1, v2
 from .api.deps import Services
 from .api.errors import install_error_handlers
+from .api.fastpath import FastInferenceRoutes
 from .api.middleware import GuardMiddleware
 from .inference import Predictor
 from .metrics import ServiceMetrics
@@ -41,7 +42,12 @@ def build_services(settings: Settings) -> Services:
     )
     store.migrate()
     metrics = ServiceMetrics()
-    return Services(settings, registry, store, metrics, Predictor(metrics))
+    predictor = Predictor(
+        metrics,
+        batching_max_delay_ms=settings.batching_max_delay_ms,
+        batching_max_batch=settings.batching_max_batch,
+    )
+    return Services(settings, registry, store, metrics, predictor)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -64,6 +70,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(FastInferenceRoutes)  # inside GuardMiddleware: added first
     app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (v1.router, v2.router, admin.router, health.router):
         app.include_router(router)

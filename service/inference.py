@@ -5,17 +5,25 @@ Clean logits stay inside this module; only defended probabilities are returned.
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .defense import DefenseParams, NoiseMode, apply_dynanoise, draw_noise, keyed_seeds
+from .defense import DefenseParams, NoiseMode, apply_dynanoise
+from .defense.noise import KeyedSeeder, StandardNormalPool, keyed_standard_normal
 from .errors import BadInput
 from .metrics import ServiceMetrics
 from .runtime import OnnxClassifier
+from .runtime.batching import AdaptiveBatcher
+
+# Seeders hold a tenant secret's HMAC state: keep at most this many per process.
+_MAX_SEEDERS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,29 +43,50 @@ def fresh_generator() -> np.random.Generator:
 
 
 class Predictor:
-    """Runs one batch through a model and the tenant's defense, recording metrics."""
+    """Runs one batch through a model and the tenant's defense, recording metrics.
 
-    def __init__(self, metrics: ServiceMetrics, rng: np.random.Generator | None = None) -> None:
+    With ``batching_max_delay_ms`` > 0, concurrent calls for the same model share
+    one ONNX run (see ``AdaptiveBatcher``); the defense still runs per request,
+    with that request's tenant parameters, on exactly the rows it sent.
+    """
+
+    def __init__(
+        self,
+        metrics: ServiceMetrics,
+        rng: np.random.Generator | None = None,
+        *,
+        batching_max_delay_ms: float = 0.0,
+        batching_max_batch: int = 256,
+    ) -> None:
         self._metrics = metrics
         # One generator per process: reseeding per call costs ~25 us. Its draws are
-        # thread-safe (numpy locks the bit generator) and never leave unmixed with logits.
-        self._rng = rng if rng is not None else fresh_generator()
+        # thread-safe (the pool locks) and never leave unmixed with logits.
+        self._normals = StandardNormalPool(rng if rng is not None else fresh_generator())
+        self._seeders: dict[tuple[bytes, str], KeyedSeeder] = {}
+        self._batching_delay_s = batching_max_delay_ms / 1000.0
+        self._batching_max_batch = batching_max_batch
+        self._batchers: dict[str, AdaptiveBatcher] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def batching(self) -> bool:
+        return self._batching_delay_s > 0
 
     def predict(
         self, model: OnnxClassifier, context: DefenseContext, batch: NDArray[np.generic]
     ) -> NDArray[np.float32]:
         """Defended probabilities (n, k) for a batch already validated by ``model``."""
         started = time.perf_counter()
-        logits = model.logits(batch)
+        logits = self._logits(model, batch)
         inferred = time.perf_counter()
-        if not np.isfinite(logits).all():
+        # Finite iff the float64 sum is: float32 values cannot overflow it, NaN/Inf propagate.
+        with np.errstate(invalid="ignore"):  # inf + -inf is NaN: caught just the same
+            total = logits.sum(dtype=np.float64)
+        if not math.isfinite(total):
             # A model can overflow on extreme (finite) inputs; never pass Inf/NaN on.
             raise BadInput("the model produced non-finite values for this input")
         params = context.params
-        seeds = None
-        if params.adds_noise and params.noise_mode is NoiseMode.KEYED:
-            seeds = keyed_seeds(context.noise_secret, model.model_id, batch)
-        draws = draw_noise(params, logits.shape[0], logits.shape[1], rng=self._rng, seeds=seeds)
+        draws = self._draws(model, context, batch, logits.shape)
         out = apply_dynanoise(logits, params, draws)
         defended = time.perf_counter()
 
@@ -67,3 +96,52 @@ class Predictor:
         m.defense_duration.labels(model.name, context.tenant).observe(defended - inferred)
         m.observe_defense(model.name, context.tenant, out.sensitivity, out.noise_std, flips)
         return out.probabilities
+
+    def batcher(self, model: OnnxClassifier) -> AdaptiveBatcher | None:
+        """The model's batcher when batching is on (created on first use)."""
+        if not self.batching:
+            return None
+        batcher = self._batchers.get(model.model_id)
+        if batcher is None:
+            with self._lock:
+                batcher = self._batchers.get(model.model_id)
+                if batcher is None:
+                    batcher = AdaptiveBatcher(
+                        model.logits,
+                        max_delay_s=self._batching_delay_s,
+                        max_batch=self._batching_max_batch,
+                    )
+                    self._batchers[model.model_id] = batcher
+        return batcher
+
+    def _logits(self, model: OnnxClassifier, batch: NDArray[np.generic]) -> NDArray[Any]:
+        batcher = self.batcher(model)
+        return model.logits(batch) if batcher is None else batcher.run(batch)
+
+    def _draws(
+        self,
+        model: OnnxClassifier,
+        context: DefenseContext,
+        batch: NDArray[np.generic],
+        shape: tuple[int, ...],
+    ) -> NDArray[np.float64] | None:
+        """The N(0, 1) draws the tenant's noise mode asks for, shape (n, M, k)."""
+        params = context.params
+        if not params.adds_noise:
+            return None
+        n, k = shape
+        if params.noise_mode is NoiseMode.KEYED:
+            seeds = self._seeder(context.noise_secret, model.model_id).seeds(batch)
+            return keyed_standard_normal(seeds, params.ensemble_size, k)
+        return self._normals.draws(n, params.ensemble_size, k)
+
+    def _seeder(self, secret: bytes, model_id: str) -> KeyedSeeder:
+        key = (secret, model_id)
+        seeder = self._seeders.get(key)
+        if seeder is None:
+            seeder = KeyedSeeder(secret, model_id)
+            with self._lock:
+                if len(self._seeders) >= _MAX_SEEDERS:
+                    self._seeders.pop(next(iter(self._seeders)))
+                self._seeders[key] = seeder
+        return seeder

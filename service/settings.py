@@ -53,4 +53,17 @@ class Settings(BaseSettings):
         "requests into one ONNX call (0 = off).",
     )
     batching_max_batch: int = Field(default=256, ge=1)
+    rate_limit_burst_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Bucket size of a rate-limited tenant, in seconds of its rate: it may "
+        "send max(1, rate_limit_per_second * this) requests at once, then its rate.",
+    )
+    graceful_shutdown_seconds: int = Field(
+        default=20,
+        ge=1,
+        description="On SIGTERM, stop accepting connections and let in-flight requests "
+        "finish for at most this long before cancelling them (keep it below the "
+        "orchestrator's kill timeout, 30 s in Kubernetes).",
+    )
     log_level: str = "info"

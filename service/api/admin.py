@@ -25,7 +25,7 @@ router = APIRouter(
     prefix="/admin/tenants",
     tags=["admin"],
     dependencies=[Depends(require_admin)],
-    responses={s: ERROR_RESPONSES[s] for s in (401, 403, 422)},
+    responses={s: ERROR_RESPONSES[s] for s in (400, 401, 403, 413, 422, 503)},
 )
 
 _PARAM_FIELDS = (

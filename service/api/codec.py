@@ -80,7 +80,9 @@ def decode_v1(body: bytes, max_batch: int) -> NDArray[Any]:
     return to_array(instances, '"instances"')
 
 
-def encode_v1(name: str, version: str, labels: list[str], probabilities: NDArray[np.float32]) -> bytes:
+def encode_v1(
+    name: str, version: str, labels: list[str], probabilities: NDArray[np.float32]
+) -> bytes:
     probabilities = np.ascontiguousarray(probabilities)
     top = probabilities.argmax(axis=1).tolist()
     # orjson writes float32 arrays with their shortest repr (0.1, not 0.10000000149011612).
@@ -154,16 +156,32 @@ def _decode_tensor(tensor: dict[str, Any], binary: bytes, max_batch: int) -> NDA
         if not isinstance(binary_size, int) or binary_size != len(binary):
             raise BadInput("binary_data_size does not match the binary data sent")
         if binary_size != size * dtype.itemsize:
-            raise BadInput(f"binary data holds {binary_size} bytes, shape {shape} needs {size * dtype.itemsize}")
+            raise BadInput(
+                f"binary data holds {binary_size} bytes, shape {shape} needs {size * dtype.itemsize}"
+            )
         return np.frombuffer(binary, dtype=dtype).reshape(shape)
     if binary:
         raise BadInput("binary data sent but no input declares binary_data_size")
     if "data" not in tensor:
         raise BadInput('the input tensor has no "data"')
-    array = to_array(tensor["data"], '"data"', dtype=dtype)
+    array = _flat_to_array(tensor["data"], size, dtype)
+    if array is None:
+        array = to_array(tensor["data"], '"data"', dtype=dtype)
     if array.size != size:
         raise BadInput(f'"data" holds {array.size} values, shape {shape} needs {size}')
     return array.reshape(shape)
+
+
+def _flat_to_array(data: Any, size: int, dtype: np.dtype[Any]) -> NDArray[Any] | None:
+    """A flat list of ``size`` numbers straight into an array of ``dtype`` (about twice
+    as fast as np.array, which first scans the list for nesting); None when ``data``
+    is anything else, so the general path decodes it and words the error."""
+    if type(data) is not list or len(data) != size or size == 0:
+        return None
+    try:
+        return np.fromiter(data, dtype=dtype, count=size)
+    except (ValueError, TypeError, OverflowError):
+        return None
 
 
 def _request_id(payload: dict[str, Any]) -> str | None:

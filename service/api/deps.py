@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass, field
 from types import TracebackType
 
 from fastapi import Request
@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..errors import DynanoiseError, Forbidden, ServiceUnavailable, Unauthorized
 from ..inference import DefenseContext, Predictor
 from ..metrics import UNKNOWN, ServiceMetrics
+from ..ratelimit import RateLimiter
 from ..runtime import ModelRegistry, OnnxClassifier
 from ..settings import Settings
 from ..tenants import StoreUnavailable, Tenant, TenantStore
@@ -27,16 +28,31 @@ admin_bearer = HTTPBearer(
 
 @dataclass
 class Services:
-    """Everything a request handler needs, built once by create_app."""
+    """Everything a request handler needs, built once by create_app.
+
+    The rate limiter shares the tenant store's database unless one is passed in.
+    """
 
     settings: Settings
     registry: ModelRegistry
     store: TenantStore
     metrics: ServiceMetrics
     predictor: Predictor
+    rate_limiter: RateLimiter = field(init=False)
+    limiter: InitVar[RateLimiter | None] = None
+
+    def __post_init__(self, limiter: RateLimiter | None) -> None:
+        self.rate_limiter = (
+            limiter
+            if limiter is not None
+            else RateLimiter(
+                self.store.engine, burst_seconds=self.settings.rate_limit_burst_seconds
+            )
+        )
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI would run a plain function in the thread pool, a hop per request.
     services: Services = request.app.state.services
     return services
 
@@ -58,6 +74,11 @@ def authenticate(services: Services, credentials: HTTPAuthorizationCredentials |
     if tenant is None:
         raise Unauthorized("invalid API key")
     return tenant
+
+
+def enforce_rate_limit(services: Services, tenant: Tenant) -> None:
+    """429 (RateLimited) when the tenant is over its rate; free for tenants without one."""
+    services.rate_limiter.enforce(tenant)
 
 
 def authorize_model(services: Services, tenant: Tenant, model_name: str) -> OnnxClassifier:

@@ -14,6 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..defense import InvalidParameters
 from ..errors import DynanoiseError, RateLimited
+from ..tenants import StoreUnavailable
+from .middleware import SECURITY_HEADERS
 
 logger = logging.getLogger("dynanoise.api")
 
@@ -33,6 +35,11 @@ async def _dynanoise_error(_: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, exc.code, exc.message, headers)
 
 
+async def _store_unavailable(_: Request, exc: Exception) -> Response:
+    # The tenant database is down (admin calls, or a key not seen within the grace).
+    return error_response(503, "unavailable", "tenant store unavailable, retry later")
+
+
 async def _invalid_parameters(_: Request, exc: Exception) -> Response:
     return error_response(422, "invalid_parameters", str(exc))
 
@@ -50,6 +57,7 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
 async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = {
+        400: "malformed_body",
         404: "not_found",
         405: "method_not_allowed",
         401: "unauthorized",
@@ -64,11 +72,17 @@ async def _http_error(_: Request, exc: Exception) -> Response:
 async def _unexpected(_: Request, exc: Exception) -> Response:
     # A bug, not bad input: log the type only (never request data) and answer generically.
     logger.error("unhandled %s", type(exc).__name__, exc_info=exc)
-    return error_response(500, "internal_error", "internal error")
+    # Starlette answers this one from outside every middleware (ServerErrorMiddleware),
+    # so GuardMiddleware cannot add the security headers: add them here.
+    return error_response(500, "internal_error", "internal error", _SECURITY_HEADERS)
+
+
+_SECURITY_HEADERS = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DynanoiseError, _dynanoise_error)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(InvalidParameters, _invalid_parameters)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -13,6 +13,7 @@ from .deps import (
     authorize_model,
     bearer,
     defense_context,
+    enforce_rate_limit,
     get_services,
     read_body,
 )
@@ -48,6 +49,7 @@ def predict(
     with RequestObservation(services.metrics, "v1") as observation:
         tenant = authenticate(services, credentials)
         observation.tenant = tenant.name
+        enforce_rate_limit(services, tenant)
         classifier = authorize_model(services, tenant, model)
         observation.model = classifier.name
         batch = classifier.validate(decode_v1(body, services.settings.max_batch))

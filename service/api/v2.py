@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Path, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import BaseModel
 
 from .. import __version__
 from ..errors import ServiceUnavailable, UnknownModel
@@ -16,6 +19,7 @@ from .deps import (
     authorize_model,
     bearer,
     defense_context,
+    enforce_rate_limit,
     get_services,
     read_body,
 )
@@ -44,31 +48,62 @@ def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Readiness: models loaded and tenant store reachable",
-            responses={503: ERROR_RESPONSES[503]})
+@router.get(
+    "/health/ready",
+    summary="Readiness: models loaded and tenant store reachable",
+    responses={503: ERROR_RESPONSES[503]},
+)
 def ready(services: Services = Depends(get_services)) -> dict[str, bool]:
     if not services.store.ping():
         raise ServiceUnavailable("tenant store unreachable")
     return {"ready": True}
 
 
-@router.get("/models/{model}", response_model=V2ModelMetadata, responses={404: ERROR_RESPONSES[404]})
-def model_metadata(model: str = MODEL_PATH, services: Services = Depends(get_services)) -> V2ModelMetadata:
+@router.get(
+    "/models/{model}", response_model=V2ModelMetadata, responses={404: ERROR_RESPONSES[404]}
+)
+def model_metadata(
+    model: str = MODEL_PATH, services: Services = Depends(get_services)
+) -> V2ModelMetadata:
     m = services.registry.get(model).manifest
     return V2ModelMetadata(
         name=m.name,
         versions=[m.version],
         platform="onnxruntime_onnx",
-        inputs=[V2TensorMetadata(name=m.input.name, datatype=DTYPES[m.input.dtype], shape=m.input.shape)],
+        inputs=[
+            V2TensorMetadata(name=m.input.name, datatype=DTYPES[m.input.dtype], shape=m.input.shape)
+        ],
         outputs=[V2TensorMetadata(name=OUTPUT_NAME, datatype="FP32", shape=[-1, len(m.labels)])],
         parameters={"labels": m.labels, "defense": "dynanoise"},
     )
 
 
 @router.get("/models/{model}/ready", responses={404: ERROR_RESPONSES[404]})
-def model_ready(model: str = MODEL_PATH, services: Services = Depends(get_services)) -> dict[str, bool]:
+def model_ready(
+    model: str = MODEL_PATH, services: Services = Depends(get_services)
+) -> dict[str, bool]:
     services.registry.get(model)
     return {"ready": True}
+
+
+def _self_contained_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its nested models written in place: a `$ref` to
+    components would dangle for models no route returns (V2RequestedOutput), and
+    schema-driven clients (schemathesis) then drop the whole request body."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 _INFER_DOC = {
@@ -83,7 +118,7 @@ _INFER_DOC = {
     "openapi_extra": {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": V2InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")}},
+            "content": {"application/json": {"schema": _self_contained_schema(V2InferenceRequest)}},
         }
     },
 }
@@ -123,13 +158,17 @@ def _infer(
     with RequestObservation(services.metrics, "v2") as observation:
         tenant = authenticate(services, credentials)
         observation.tenant = tenant.name
+        enforce_rate_limit(services, tenant)
         classifier = authorize_model(services, tenant, model)
         observation.model = classifier.name
         manifest = classifier.manifest
         if version is not None and version != manifest.version:
             raise UnknownModel(f"model {model!r} has no version {version!r}")
         decoded = decode_v2(
-            body, request.headers.get(HEADER_LENGTH), manifest.input.name, services.settings.max_batch
+            body,
+            request.headers.get(HEADER_LENGTH),
+            manifest.input.name,
+            services.settings.max_batch,
         )
         batch = classifier.validate(decoded.batch)
         probabilities = services.predictor.predict(classifier, defense_context(tenant), batch)

@@ -6,11 +6,13 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
 from ..runtime import ModelLoadError
 from ..settings import Settings
@@ -42,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None:
             os.environ[env] = str(value)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"dynanoise: invalid settings: {problems}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -62,8 +69,8 @@ def serve(settings: Settings) -> int:
     if settings.create_demo_tenant:
         ensure_demo_tenant(store)
     store.close()
-    if settings.workers > 1:
-        _prepare_multiprocess_metrics()
+    _prepare_multiprocess_metrics(settings.workers)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "service.app:app_from_env",
         factory=True,
@@ -73,8 +80,16 @@ def serve(settings: Settings) -> int:
         log_level=settings.log_level,
         access_log=False,  # request lines carry no bodies, but keep logs free of traffic detail
         server_header=False,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    """SIGTERM handler outside uvicorn's drain. uvicorn finishes in-flight requests on
+    SIGTERM and then re-raises the signal with the handler it found: this one, so a
+    drained server exits with status 0 instead of being killed by the default action."""
+    raise SystemExit(0)
 
 
 def ensure_demo_tenant(store: TenantStore, key_file: Path = DEMO_KEY_FILE) -> str | None:
@@ -99,11 +114,23 @@ def ensure_demo_tenant(store: TenantStore, key_file: Path = DEMO_KEY_FILE) -> st
     return key
 
 
-def _prepare_multiprocess_metrics() -> None:
-    """Each worker writes metric samples to PROMETHEUS_MULTIPROC_DIR; start it empty."""
+def _prepare_multiprocess_metrics(workers: int) -> None:
+    """Each worker writes metric samples to PROMETHEUS_MULTIPROC_DIR; start it empty.
+
+    Used whenever the variable is set (a container sets it, whatever the worker
+    count) and created for several workers. The directory itself may be a mount
+    point, so only its contents are removed.
+    """
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        shutil.rmtree(directory, ignore_errors=True)
-        Path(directory).mkdir(parents=True)
-    else:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="dynanoise-metrics-")
+    if not directory:
+        if workers <= 1:
+            return
+        directory = tempfile.mkdtemp(prefix="dynanoise-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in path.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)

@@ -11,7 +11,9 @@ one numpy Generator per row costs ~40 us.
 from __future__ import annotations
 
 import hashlib
-import hmac
+import threading
+from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,7 +21,26 @@ from numpy.typing import NDArray
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
+_SHIFT_11 = np.uint64(11)
+_SHIFT_27 = np.uint64(27)
+_SHIFT_30 = np.uint64(30)
+_SHIFT_31 = np.uint64(31)
 _TWO_PI = 2.0 * np.pi
+_HMAC_BLOCK = 64  # SHA-256 block size in bytes (RFC 2104)
+# Up to this many classes (and one ensemble member) the defense works on the batch
+# transposed, class-major (k, n): reductions over a short last axis are several times
+# slower in numpy than the same reductions across rows. Noise sources lay their draws
+# out to match, so the defense reads them contiguously.
+CLASS_MAJOR_MAX_CLASSES = 64
+
+
+def class_major(ensemble_size: int, n_classes: int) -> bool:
+    """Whether the defense processes (and the noise sources lay out) a batch class-major."""
+    return ensemble_size == 1 and n_classes <= CLASS_MAJOR_MAX_CLASSES
+
+
+_INNER_PAD = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
 
 
 def fresh_standard_normal(
@@ -29,24 +50,118 @@ def fresh_standard_normal(
     return rng.standard_normal((n, ensemble_size, n_classes))
 
 
+class StandardNormalPool:
+    """Fresh N(0, 1) draws from ``rng``, generated in blocks and handed out once each.
+
+    One ``rng.standard_normal`` call costs ~2 us however few values it returns, more
+    than the whole one-row defense; drawing a block ahead and slicing it makes the
+    per-request cost a lock and a slice. Every value is served to exactly one
+    caller (thread-safe); a block is drawn on first use, never at construction, so
+    a pool built before a fork is not shared by the children.
+    """
+
+    def __init__(self, rng: np.random.Generator, block_size: int = 16_384) -> None:
+        if block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        self._rng = rng
+        self._block_size = block_size
+        self._lock = threading.Lock()
+        self._block: NDArray[np.float64] = np.empty(0)
+        self._used = 0
+
+    def take(self, count: int) -> NDArray[np.float64]:
+        """``count`` standard normal draws, shape (count,), never served before."""
+        if count > self._block_size:
+            with self._lock:
+                return self._rng.standard_normal(count)
+        with self._lock:
+            start = self._used
+            if start + count > self._block.shape[0]:
+                # A new array, not a refill in place: earlier slices stay valid.
+                self._block = self._rng.standard_normal(self._block_size)
+                start = 0
+            self._used = start + count
+            block = self._block
+        return block[start : start + count]
+
+    def draws(self, n: int, ensemble_size: int, n_classes: int) -> NDArray[np.float64]:
+        """Draws of shape (n, ensemble_size, n_classes), in the memory layout the defense
+        reads fastest (a transposed view when ``class_major``)."""
+        flat = self.take(n * ensemble_size * n_classes)
+        if class_major(ensemble_size, n_classes):
+            return flat.reshape(n_classes, n).T[:, None, :]
+        return flat.reshape(n, ensemble_size, n_classes)
+
+
 def canonical_rows(inputs: NDArray[np.generic]) -> NDArray[np.float32]:
     """The bytes that identify a query: float32, C order, -0.0 folded into 0.0."""
     rows = np.ascontiguousarray(inputs, dtype=np.float32)
     return rows + np.float32(0.0)  # -0.0 + 0.0 == +0.0, so both spell the same query
 
 
+class KeyedSeeder:
+    """Per-row seeds for one (tenant secret, model id): ``keyed_seeds`` with the HMAC
+    key schedule done once.
+
+    HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)); the two padded-key states (and
+    the model/shape prefix of m) are hashed at construction and copied per row.
+    Holds the secret's derived state: keep it server side, like the secret.
+    """
+
+    __slots__ = ("_model_id", "_outer", "_prefixed", "_secret_inner")
+
+    def __init__(self, secret: bytes, model_id: str) -> None:
+        key = hashlib.sha256(secret).digest() if len(secret) > _HMAC_BLOCK else secret
+        key = key.ljust(_HMAC_BLOCK, b"\x00")
+        self._secret_inner = hashlib.sha256(key.translate(_INNER_PAD))
+        self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
+        self._model_id = model_id
+        self._prefixed: dict[tuple[int, ...], hashlib._Hash] = {}
+
+    def _inner_for(self, sample_shape: tuple[int, ...]) -> hashlib._Hash:
+        inner = self._prefixed.get(sample_shape)
+        if inner is None:
+            inner = self._secret_inner.copy()
+            inner.update(_row_prefix(self._model_id, sample_shape))
+            if len(self._prefixed) < 16:  # a model has one sample shape; bound it anyway
+                self._prefixed[sample_shape] = inner
+        return inner
+
+    def seeds(self, inputs: NDArray[np.generic]) -> NDArray[np.uint64]:
+        """One 64-bit seed per row, equal to ``keyed_seeds(secret, model_id, inputs)``."""
+        rows = canonical_rows(inputs)
+        n = rows.shape[0]
+        inner = self._inner_for(tuple(rows.shape[1:]))
+        outer = self._outer
+        digests = []
+        flat: Any = rows.reshape(n, -1)  # rows are C-contiguous buffers for hashlib
+        for row in flat:
+            h = inner.copy()
+            h.update(row)
+            o = outer.copy()
+            o.update(h.digest())
+            digests.append(o.digest())
+        # The first 8 bytes of each 32-byte digest, read little-endian.
+        return np.frombuffer(b"".join(digests), dtype="<u8")[::4].astype(np.uint64)
+
+
+def _row_prefix(model_id: str, sample_shape: tuple[int, ...]) -> bytes:
+    return model_id.encode() + b"\x00" + repr(sample_shape).encode() + b"\x00"
+
+
 def keyed_seeds(secret: bytes, model_id: str, inputs: NDArray[np.generic]) -> NDArray[np.uint64]:
     """One 64-bit seed per row: the first 8 bytes of
     HMAC-SHA256(secret, model_id || 0x00 || row shape || canonical row bytes)."""
-    rows = canonical_rows(inputs)
-    n = rows.shape[0]
-    flat = rows.reshape(n, -1)
-    prefix = model_id.encode() + b"\x00" + repr(tuple(rows.shape[1:])).encode() + b"\x00"
-    seeds = np.empty(n, dtype=np.uint64)
-    for i in range(n):
-        digest = hmac.digest(secret, prefix + flat[i].tobytes(), hashlib.sha256)
-        seeds[i] = int.from_bytes(digest[:8], "little")
-    return seeds
+    return KeyedSeeder(secret, model_id).seeds(inputs)
+
+
+@lru_cache(maxsize=64)
+def _counter_offsets(n_values: int) -> NDArray[np.uint64]:
+    """(j + 1) * gamma for j < n_values, as a column: the SplitMix64 counter offsets."""
+    with np.errstate(over="ignore"):
+        offsets = np.arange(1, n_values + 1, dtype=np.uint64) * _GOLDEN_GAMMA
+    offsets.setflags(write=False)
+    return offsets[:, None]
 
 
 def keyed_standard_normal(
@@ -56,18 +171,42 @@ def keyed_standard_normal(
 
     Counter-based: uniform u_j = SplitMix64(seed + (j + 1) * gamma) / 2^64, then
     Box-Muller turns each pair (u1, u2) into sqrt(-2 ln u1) * (cos, sin)(2 pi u2).
+    The values do not depend on the memory layout, which follows ``class_major``
+    (value-major, a transposed view, for few classes; row-major otherwise).
     """
     per_row = ensemble_size * n_classes
     n_pairs = (per_row + 1) // 2
-    counters = np.arange(1, 2 * n_pairs + 1, dtype=np.uint64)
+    seeds = np.asarray(seeds, dtype=np.uint64)
+    n = seeds.shape[0]
+    transposed = class_major(ensemble_size, n_classes)
+    offsets = _counter_offsets(2 * n_pairs)
     with np.errstate(over="ignore"):
-        state = seeds.astype(np.uint64)[:, None] + counters[None, :] * _GOLDEN_GAMMA
-        state = (state ^ (state >> np.uint64(30))) * _MIX_1
-        state = (state ^ (state >> np.uint64(27))) * _MIX_2
-        state ^= state >> np.uint64(31)
+        # state[j, i] (transposed) or state[i, j]: counter j of seed i
+        state = offsets + seeds[None, :] if transposed else seeds[:, None] + offsets.T
+        mixed = state >> _SHIFT_30
+        state ^= mixed
+        state *= _MIX_1
+        np.right_shift(state, _SHIFT_27, out=mixed)
+        state ^= mixed
+        state *= _MIX_2
+        np.right_shift(state, _SHIFT_31, out=mixed)
+        state ^= mixed
+        state >>= _SHIFT_11
     # 53 high bits -> uniform in the open interval (0, 1), so log never sees 0.
-    uniform = ((state >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 2.0**53)
-    radius = np.sqrt(-2.0 * np.log(uniform[:, :n_pairs]))
-    angle = _TWO_PI * uniform[:, n_pairs:]
-    normals = np.concatenate([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-    return normals[:, :per_row].reshape(-1, ensemble_size, n_classes)
+    uniform = state.astype(np.float64)
+    uniform += 0.5
+    uniform *= 1.0 / 2.0**53
+    if not transposed:
+        uniform = uniform.T  # the value axis first, as below; a view
+    radius = np.log(uniform[:n_pairs])
+    radius *= -2.0
+    np.sqrt(radius, out=radius)
+    angle = uniform[n_pairs:]
+    angle *= _TWO_PI
+    # Value-major view either way; row-major memory when not transposed.
+    normals = np.empty((2 * n_pairs, n)) if transposed else np.empty((n, 2 * n_pairs)).T
+    np.cos(angle, out=normals[:n_pairs])
+    normals[:n_pairs] *= radius
+    np.sin(angle, out=normals[n_pairs:])
+    normals[n_pairs:] *= radius
+    return normals[:per_row].T.reshape(n, ensemble_size, n_classes)

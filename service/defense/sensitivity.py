@@ -6,10 +6,12 @@ variance of the DynaNoise noise grows with R (spec section 1).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import NDArray
 
-from ._softmax import FloatArray, log_softmax
+from ._softmax import FloatArray
 from .params import Sensitivity
 
 
@@ -26,17 +28,34 @@ def sensitivity(
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2 or z.shape[1] < 2:
         raise ValueError("logits must have shape (n, k) with k >= 2")
-    k = z.shape[1]
-    log_p = log_softmax(z)
-    p = np.exp(log_p)
-    measure = Sensitivity(measure)
+    return class_axis_sensitivity(z, Sensitivity(measure), axis=1).reshape(-1)
+
+
+def class_axis_sensitivity(
+    z: NDArray[np.float64], measure: Sensitivity, axis: int
+) -> NDArray[np.float64]:
+    """R for float64 logits whose classes lie along ``axis`` (0 for a transposed,
+    class-major batch; 1 for rows), kept as a broadcastable (1, n) or (n, 1) array.
+
+    With s = z - max z, e = exp(s), S = sum e: log p = s - log S and p = e / S, so
+    the entropy is H = -sum p log p = log S - sum(e s) / S (one exp, no log-softmax
+    array), top-1 is p_max = 1 / S, and the margin is (1 - e_(2)) / S.
+    """
+    k = z.shape[axis]
+    shifted = z - z.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    total = e.sum(axis=axis, keepdims=True)
     if measure is Sensitivity.ENTROPY:
-        entropy = -np.einsum("ij,ij->i", p, log_p)
-        risk = 1.0 - entropy / np.log(k)
+        e *= shifted  # p log p -> 0 at p = 0: e = 0 there and s is finite
+        weighted = e.sum(axis=axis, keepdims=True)
+        risk = np.log(total)
+        risk -= weighted / total
+        risk *= -1.0 / math.log(k)
+        risk += 1.0  # 1 - H / log k
     elif measure is Sensitivity.TOP1:
-        risk = (p.max(axis=1) - 1.0 / k) / (1.0 - 1.0 / k)
+        risk = (1.0 / total - 1.0 / k) / (1.0 - 1.0 / k)
     else:
-        top_two = np.partition(p, k - 2, axis=1)[:, k - 2 :]
-        risk = top_two[:, 1] - top_two[:, 0]
+        second = np.partition(e, k - 2, axis=axis).take([k - 2], axis=axis)
+        risk = (1.0 - second) / total
     # Rounding can push R a hair outside [0, 1]; the variance formula assumes it is inside.
-    return np.clip(risk, 0.0, 1.0)
+    return np.clip(risk, 0.0, 1.0, out=risk)

@@ -66,4 +66,8 @@ def load_manifest(model_dir: Path) -> ModelManifest:
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: manifest not found") from exc
     except ValidationError as exc:
-        raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+        # One line naming the fields, not pydantic's multi-line report.
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ManifestError(f"{path}: invalid manifest: {problems}") from None

@@ -41,6 +41,7 @@ def make_engine(database_url: str) -> Engine:
         if not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args=connect_args)
+        _use_write_ahead_log(engine)
     _begin_sqlite_explicitly(engine)
     return engine
 
@@ -63,6 +64,18 @@ def for_writes(engine: Engine) -> Engine:
     locked", since SQLite refuses to wait where waiting could deadlock.
     """
     return engine.execution_options(**{_WRITE_OPTION: True})
+
+
+def _use_write_ahead_log(engine: Engine) -> None:
+    # WAL lets readers run beside a writer and, with synchronous=NORMAL, a commit
+    # costs no fsync (4-22 ms per rate-limit check on this disk, 0.05 ms in WAL).
+    # A crash can lose the last commits but never corrupts the file.
+    @event.listens_for(engine, "connect")
+    def _wal(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
 
 
 def _begin_sqlite_explicitly(engine: Engine) -> None:

@@ -52,3 +52,13 @@ class TenantRow(Base):
 
     def __repr__(self) -> str:
         return f"TenantRow(name={self.name!r}, key_id={self.key_id!r}, version={self.version})"
+
+
+class RateLimitRow(Base):
+    """GCRA state of one rate-limited tenant (table created by migration 0002)."""
+
+    __tablename__ = "rate_limits"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float, nullable=False)
+    interval_seconds: Mapped[float] = mapped_column(Float, nullable=False)

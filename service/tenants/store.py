@@ -354,8 +354,10 @@ class TenantStore:
 
     @contextmanager
     def _write_session(self) -> Iterator[Session]:
-        # Invalidate after the commit (and after a failure too): a lookup that
-        # read the old row before the commit then cannot re-cache it.
+        # Invalidate after the commit: a lookup that read the old row before the
+        # commit then cannot re-cache it. A failed write rolled back, so the cache
+        # (and the last-known-good copies that outages are served from) stays; the
+        # generation still moves on, in case the failure hid a commit.
         try:
             with (
                 self._guard,
@@ -363,5 +365,8 @@ class TenantStore:
                 self._write_sessions.begin() as session,
             ):
                 yield session
-        finally:
-            self._invalidate()
+        except BaseException:
+            with self._lock:
+                self._generation += 1
+            raise
+        self._invalidate()

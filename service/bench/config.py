@@ -1,0 +1,63 @@
+"""What one benchmark run measures, and how hard: full, --quick, or a test's tiny run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+SECTIONS = ("defense", "service", "binary", "batching", "baselines", "memory")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every knob of a run. ``full()`` and ``quick()`` are the two presets."""
+
+    out_dir: Path = Path("bench")
+    models_dir: Path = Path("models")
+    model: str | None = None  # a directory under models_dir; default: models/DEFAULT
+    sections: tuple[str, ...] = SECTIONS
+    # (a) defense micro-benchmark
+    batch_sizes: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096)
+    class_counts: tuple[int, ...] = (10, 100, 1000)
+    defense_repeats: int = 5
+    defense_target_s: float = 0.05
+    # (b, b2, c) load tests
+    concurrencies: tuple[int, ...] = (1, 8, 32, 64)
+    tenants: tuple[str, ...] = ("on", "off", "keyed")
+    load_seconds: int = 5
+    load_repeats: int = 3
+    binary_features: tuple[int, ...] = (784, 3072)
+    binary_rows: tuple[int, ...] = (1, 16)
+    binary_concurrency: int = 8
+    batching_concurrencies: tuple[int, ...] = (8, 32, 64)
+    batching_max_delay_ms: float = 2.0
+    baseline_rows: tuple[int, ...] = (1, 32)
+    comparison_concurrency: int = 32
+    bentoml_python: Path | None = None
+    plots: bool = True
+    command: str = "dynanoise bench"
+    work_dir: Path | None = field(default=None)  # scratch space; a temporary one if None
+
+    @classmethod
+    def full(cls, **changes: object) -> BenchConfig:
+        return replace(cls(), **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def quick(cls, **changes: object) -> BenchConfig:
+        """Under three minutes: fewer sizes, one-second loads, two or three repeats."""
+        preset = replace(
+            cls(),
+            batch_sizes=(1, 16, 256, 1024, 4096),
+            class_counts=(10, 100, 1000),
+            defense_repeats=3,
+            defense_target_s=0.01,
+            concurrencies=(1, 32),
+            tenants=("on", "off"),
+            load_seconds=1,
+            load_repeats=2,
+            binary_features=(784, 3072),
+            binary_rows=(16,),
+            batching_concurrencies=(32,),
+            baseline_rows=(1,),
+        )
+        return replace(preset, **changes)  # type: ignore[arg-type]

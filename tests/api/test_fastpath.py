@@ -1,0 +1,143 @@
+"""The lean inference route answers exactly as FastAPI's routes do, errors included."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterator
+
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api import fastpath
+from service.app import create_app
+from service.settings import Settings
+
+from ..conftest import ADMIN_TOKEN, ROW_TOY
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _client(settings: Settings, fast: bool) -> TestClient:
+    app = create_app(settings)
+    if not fast:
+        app.user_middleware = [
+            m for m in app.user_middleware if m.cls is not fastpath.FastInferenceRoutes
+        ]
+    return TestClient(app)
+
+
+@pytest.fixture
+def clients(settings: Settings) -> Iterator[tuple[TestClient, TestClient, dict[str, str]]]:
+    """The app with and without the fast route, on one database, and tenant keys."""
+    with _client(settings, fast=True) as fast, _client(settings, fast=False) as plain:
+        keys = {}
+        for name, params in (
+            ("keyed", {"noise_mode": "keyed"}),
+            ("limited", {"noise_mode": "keyed", "rate_limit_per_second": 0.001}),
+            ("toy-only", {"noise_mode": "keyed", "allowed_models": ["toy"]}),
+        ):
+            created = fast.post("/admin/tenants", json={"name": name, **params}, headers=ADMIN)
+            assert created.status_code == 201, created.text
+            keys[name] = created.json()["api_key"]
+        yield fast, plain, keys
+
+
+def _binary_body() -> tuple[bytes, dict[str, str]]:
+    raw = np.array([ROW_TOY], dtype=np.float32).tobytes()
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 4],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    )
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _cases(keys: dict[str, str]) -> list[tuple[str, dict[str, object]]]:
+    key = {"Authorization": f"Bearer {keys['keyed']}"}
+    v1 = orjson.dumps({"instances": [ROW_TOY]})
+    v2 = orjson.dumps(
+        {
+            "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW_TOY}],
+            "id": "r1",
+        }
+    )
+    binary, binary_headers = _binary_body()
+    return [
+        ("/v1/models/toy/predict", {"content": v1, "headers": key}),
+        (
+            "/v1/models/toy/predict",
+            {"content": gzip.compress(v1), "headers": {**key, "Content-Encoding": "gzip"}},
+        ),
+        ("/v2/models/toy/infer", {"content": v2, "headers": key}),
+        ("/v2/models/toy/versions/1/infer", {"content": v2, "headers": key}),
+        ("/v2/models/toy/versions/9/infer", {"content": v2, "headers": key}),
+        ("/v2/models/toy/infer", {"content": binary, "headers": {**key, **binary_headers}}),
+        ("/v1/models/toy/predict", {"content": v1}),  # no key
+        ("/v1/models/toy/predict", {"content": v1, "headers": {"Authorization": "Basic abc"}}),
+        ("/v1/models/toy/predict", {"content": v1, "headers": {"Authorization": "Bearer dn_x"}}),
+        ("/v1/models/nope/predict", {"content": v1, "headers": key}),
+        (
+            "/v1/models/wide/predict",
+            {"content": v1, "headers": {"Authorization": f"Bearer {keys['toy-only']}"}},
+        ),
+        ("/v1/models/toy/predict", {"content": b"{not json", "headers": key}),
+        ("/v1/models/toy/predict", {"content": b'{"instances": [[1, 2]]}', "headers": key}),
+        ("/v1/models/toy/predict", {"content": b"x" * 70_000, "headers": key}),  # over the limit
+        ("/v2/models/toy/infer", {"content": b'{"inputs": []}', "headers": key}),
+    ]
+
+
+def test_fast_route_answers_like_the_fastapi_route(
+    clients: tuple[TestClient, TestClient, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, plain, keys = clients
+    served: list[str] = []
+    route = fastpath._route
+    monkeypatch.setattr(fastpath, "_route", lambda path: served.append(path) or route(path))
+    cases = _cases(keys)
+    for path, kwargs in cases:
+        a = fast.post(path, **kwargs)  # type: ignore[arg-type]
+        b = plain.post(path, **kwargs)  # type: ignore[arg-type]
+        assert (a.status_code, a.content) == (b.status_code, b.content), path
+        for header in (
+            "content-type",
+            "x-content-type-options",
+            "cache-control",
+            "inference-header-content-length",
+        ):
+            assert a.headers.get(header) == b.headers.get(header), (path, header)
+    # The fast client took the fast route (all but the body GuardMiddleware refuses by its
+    # Content-Length before any route); the plain client never did.
+    assert len(served) == len(cases) - 1
+
+
+def test_fast_route_keeps_rate_limits_and_their_retry_after(
+    clients: tuple[TestClient, TestClient, dict[str, str]],
+) -> None:
+    fast, _, keys = clients
+    key = {"Authorization": f"Bearer {keys['limited']}"}
+    body = orjson.dumps({"instances": [ROW_TOY]})
+    assert fast.post("/v1/models/toy/predict", content=body, headers=key).status_code == 200
+    refused = fast.post("/v1/models/toy/predict", content=body, headers=key)
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"]
+    assert refused.json()["error"]["code"] == "rate_limited"
+
+
+def test_other_methods_and_paths_go_to_fastapi(
+    clients: tuple[TestClient, TestClient, dict[str, str]],
+) -> None:
+    fast, _, _ = clients
+    assert fast.get("/v1/models/toy/predict").status_code == 405
+    assert fast.get("/v2/models/toy").status_code == 200
+    assert fast.post("/v1/models/toy/predict/extra").status_code == 404
