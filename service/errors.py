@@ -66,3 +66,10 @@ class RateLimited(DynanoiseError):
 class ServiceUnavailable(DynanoiseError):
     status_code = 503
     code = "unavailable"
+
+
+class DefenseFailure(DynanoiseError):
+    """The defense could not produce a valid answer: refuse rather than leak or send NaN."""
+
+    status_code = 500
+    code = "internal_error"

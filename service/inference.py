@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from .defense import DefenseParams, NoiseMode, apply_dynanoise
 from .defense.noise import KeyedSeeder, StandardNormalPool, keyed_standard_normal
-from .errors import BadInput
+from .errors import BadInput, DefenseFailure
 from .metrics import ServiceMetrics
 from .runtime import OnnxClassifier
 from .runtime.batching import AdaptiveBatcher
@@ -89,6 +89,9 @@ class Predictor:
         draws = self._draws(model, context, batch, logits.shape)
         out = apply_dynanoise(logits, params, draws)
         defended = time.perf_counter()
+        if not math.isfinite(out.probabilities.sum(dtype=np.float64)):
+            # The defense is overflow-proof; this guards the invariant, never a NaN answer.
+            raise DefenseFailure("the defense produced non-finite probabilities")
 
         flips = int(np.count_nonzero(out.probabilities.argmax(axis=1) != logits.argmax(axis=1)))
         m = self._metrics

@@ -106,6 +106,7 @@ def render_markdown(results: dict[str, Any], plots: list[str] | None = None) -> 
         met = summary["targets_met"].get(key)
         shown = "not measured" if value is None else f"{value:.3g}"
         lines.append(f"| {text} | {shown} | {'-' if met is None else ('yes' if met else 'NO')} |")
+    lines += _notes(meta)
     lines += _defense_tables(results.get("defense"))
     lines += _service_tables(results.get("service"), meta)
     lines += _binary_table(results.get("binary"))
@@ -117,6 +118,28 @@ def render_markdown(results: dict[str, Any], plots: list[str] | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
+def _notes(meta: dict[str, Any]) -> list[str]:
+    bentoml = meta.get("bentoml_version") or "not installed"
+    return [
+        "",
+        "## How it was measured",
+        "",
+        "- Defense: the service's own code path (noise draws + `apply_dynanoise`), timed in "
+        "process; variants of one cell alternate within each repeat.",
+        "- Load: `wrk` (one thread, closed loop, fixed connections), a Lua script POSTing the "
+        "same body, on loopback; every server runs one worker process. Defense `off` is a "
+        "tenant with base_variance 0 and temperature 1 on the same server: the service never "
+        "returns clean probabilities, so the defense code path cannot be skipped.",
+        "- Naive baseline: `service/bench/naive_app.py`, FastAPI + a pydantic request model "
+        "(`list[list[float]]`), a sync endpoint, numpy softmax, a pydantic response model; "
+        "no defense, no auth, no metrics.",
+        f"- BentoML {bentoml}: `service/bench/bentoml_service.py` (`@bentoml.service(workers=1)`, "
+        "an `np.ndarray` float32 input), run from the benchmark's own virtual environment; "
+        "no defense.",
+        '- The same model file and the same v1 body (`{"instances": [[...]]}`) for all three.',
+    ]
+
+
 def _defense_tables(rows: list[dict[str, Any]] | None) -> list[str]:
     if not rows:
         return []
@@ -126,7 +149,8 @@ def _defense_tables(rows: list[dict[str, Any]] | None) -> list[str]:
         "",
         "`fresh`: the paper's noise (the default); `keyed`: HMAC-SHA256 of each input row "
         "+ counter-based normals; `keyed_noise_only`: the keyed draws alone; "
-        "`naive_numpy`: one array pass per formula step (the obvious implementation). "
+        "`naive_numpy`: the obvious implementation (float64, one array pass per formula step, "
+        "a numpy Generator call for the noise), what the optimised code replaced. "
         "`inference`: the model's own ONNX run on the same batch. The paper reports "
         f"{0.1432 * 1000:.1f} us per sample.",
         "",
@@ -278,7 +302,8 @@ def _plots(results: dict[str, Any], out: Path) -> list[str]:
             for r in defense
             if r["variant"] == "inference"
         )
-        ax.plot(*zip(*pts, strict=True), ":", color="black", marker="s", label="model inference")
+        model = results["meta"]["model"]["name"]
+        ax.plot(*zip(*pts, strict=True), ":", color="black", marker="s", label=f"{model} inference")
         ax.axhline(143.2, color="red", linewidth=1, label="paper: 143.2 us/sample")
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="us per sample",
                title="Defense cost per sample")  # fmt: skip

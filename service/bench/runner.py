@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -296,6 +297,8 @@ def _baselines(
     else:
         targets["bentoml"] = stack.enter_context(bentoml_server(python, model_dir, work))
     out: dict[str, Any] = {"runs": [], "note": note, "rss_mb": {}}
+    if python is not None:
+        results["meta"]["bentoml_version"] = _bentoml_version(python)
     concurrencies = sorted({config.comparison_concurrency, *config.concurrencies})
     for n in config.baseline_rows:
         payload = v1_json(sample_rows(n, features))
@@ -317,6 +320,17 @@ def _baselines(
         out["rss_mb"][name] = target.rss_mb()
     out["rss_mb"]["service"] = server.rss_mb()
     return out
+
+
+def _bentoml_version(python: Path) -> str | None:
+    completed = subprocess.run(
+        [str(python), "-c", "import bentoml; print(bentoml.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return completed.stdout.strip() or None
 
 
 def _warm_up(server: RunningServer, model: str, features: int) -> None:

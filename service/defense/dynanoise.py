@@ -67,12 +67,47 @@ def apply_dynanoise(
             raise ValueError(
                 f"standard_normal must have shape {(n, params.ensemble_size, k)}, got {draws.shape}"
             )
+    if _is_extreme(params):
+        return _defend_extreme(z, params, draws)
     single = params.ensemble_size == 1 or draws is None
     if single and n * k <= _PYTHON_MAX_VALUES and params.sensitivity is Sensitivity.ENTROPY:
         return _defend_in_python(z, params, draws)
     if single and class_major(1, k):
         return _defend_class_major(z, params, draws)
     return _defend_row_major(z, params, draws)
+
+
+# Valid but extreme parameters (a T near 0, a variance near float64's limit) would
+# overflow the fast paths, which divide by T before shifting by the row max: such
+# tenants take the slower path below, which cannot produce inf - inf = NaN.
+_MIN_FAST_TEMPERATURE = 1e-6
+_MAX_FAST_VARIANCE = 1e12
+_MAX_STD = 1e100  # noise beyond this already makes every answer a random one-hot
+
+
+def _is_extreme(params: DefenseParams) -> bool:
+    largest_variance = params.base_variance * (1.0 + params.lambda_scale)
+    return params.temperature < _MIN_FAST_TEMPERATURE or not largest_variance <= _MAX_FAST_VARIANCE
+
+
+def _defend_extreme(
+    z: NDArray[np.generic], params: DefenseParams, draws: NDArray[np.floating] | None
+) -> DefenseOutput:
+    """The same defense in float64, overflow-proof: sigma = sqrt(sigma0^2) sqrt(1 + lambda R)
+    (capped at 1e100), and softmax((x - max x) / T), which equals softmax(x / T)."""
+    zz = np.asarray(z, dtype=np.float64)
+    risk = class_axis_sensitivity(zz, params.sensitivity, axis=1)  # (n, 1)
+    std = np.minimum(
+        math.sqrt(params.base_variance) * np.sqrt(1.0 + params.lambda_scale * risk), _MAX_STD
+    )
+    noisy = zz[:, None, :] if draws is None else zz[:, None, :] + std[:, :, None] * draws
+    with np.errstate(over="ignore", under="ignore"):
+        scaled = (noisy - noisy.max(axis=2, keepdims=True)) / params.temperature
+        _softmax_in_place(scaled, axis=2)
+    mean = scaled.mean(axis=1)
+    return DefenseOutput(
+        np.ascontiguousarray(mean, dtype=np.float32), risk.reshape(-1), std.reshape(-1)
+    )
 
 
 def _defend_in_python(
@@ -155,9 +190,11 @@ def _defend_row_major(
     std = np.sqrt(noise_variance(risk, params))  # (n, 1)
     with np.errstate(over="ignore", invalid="ignore"):  # detected below, then redone
         noisy = _noisy_logits(z, std, params, draws, np.float32)
-    if not _softmax_in_place(noisy, axis=2):
+        top = noisy.max(axis=2, keepdims=True)
+    if not np.isfinite(top).all():
         noisy = _noisy_logits(z, std, params, draws, np.float64)
-        _softmax_in_place(noisy, axis=2)
+        top = noisy.max(axis=2, keepdims=True)
+    _softmax_in_place(noisy, axis=2, top=top)
     mean = noisy.mean(axis=1) if noisy.shape[1] > 1 else noisy[:, 0, :]
     return DefenseOutput(
         np.ascontiguousarray(mean, dtype=np.float32), risk.reshape(-1), std.reshape(-1)
@@ -183,16 +220,14 @@ def _noisy_logits(
     return noisy
 
 
-def _softmax_in_place(a: NDArray[np.floating], axis: int) -> bool:
-    """a <- softmax(a) along ``axis``: exp(a - max a) / sum exp(a - max a).
-    False (and ``a`` left half done) when a row's maximum is not finite."""
-    top = a.max(axis=axis, keepdims=True)
-    if not np.isfinite(top).all():
-        return False
-    a -= top
+def _softmax_in_place(
+    a: NDArray[np.floating], axis: int, top: NDArray[np.floating] | None = None
+) -> None:
+    """a <- softmax(a) along ``axis``: exp(a - max a) / sum exp(a - max a); ``top`` is
+    max a when the caller has it already."""
+    a -= a.max(axis=axis, keepdims=True) if top is None else top
     np.exp(a, out=a)
     a /= a.sum(axis=axis, keepdims=True)
-    return True
 
 
 def draw_noise(

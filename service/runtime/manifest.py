@@ -68,6 +68,7 @@ def load_manifest(model_dir: Path) -> ModelManifest:
     except ValidationError as exc:
         # One line naming the fields, not pydantic's multi-line report.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
+            for err in exc.errors()
         )
         raise ManifestError(f"{path}: invalid manifest: {problems}") from None
