@@ -3,13 +3,11 @@ the shipped models."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+from service.bench.models import save_linear_model
 
 
 def write_linear_model(
@@ -22,36 +20,19 @@ def write_linear_model(
     scale: float = 3.0,
     version: str = "1",
 ) -> Path:
-    """A linear classifier logits = x W + b saved with its manifest under directory/name."""
+    """A linear classifier logits = x W + b saved with its manifest under directory/name;
+    the weights are kept in weights.npz so tests can compute the clean logits."""
     rng = np.random.default_rng(seed)
     weights = (scale * rng.normal(size=(n_features, n_classes))).astype(np.float32)
     bias = rng.normal(size=n_classes).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["input", "W"], ["xw"]),
-            helper.make_node("Add", ["xw", "b"], ["logits"]),
-        ],
-        name,
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", n_features])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_classes])],
-        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    model_dir = save_linear_model(
+        directory / name,
+        name=name,
+        weights=weights,
+        bias=bias,
+        description="linear test model",
+        version=version,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    model_dir = directory / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, model_dir / "model.onnx")
-    manifest: dict[str, Any] = {
-        "name": name,
-        "version": version,
-        "file": "model.onnx",
-        "input": {"name": "input", "shape": [-1, n_features], "dtype": "float32"},
-        "output": {"name": "logits"},
-        "labels": [f"class_{i}" for i in range(n_classes)],
-        "description": "linear test model",
-    }
-    (model_dir / "manifest.json").write_text(json.dumps(manifest))
     np.savez(model_dir / "weights.npz", W=weights, b=bias)
     return model_dir
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .datasets import Dataset
 from .splits import Split
-from .training import Recipe, predict_logits, train_classifier
+from .training import Recipe, predict_logits, train_with_recipe
 
 
 def stable_rng(seed: int, *words: str) -> np.random.Generator:
@@ -96,19 +96,7 @@ def train_shadows(
     bar = tqdm(total=total, desc="shadows", unit="model", disable=not progress)
 
     def fit(rows: NDArray[np.int64], model_seed: int) -> Any:
-        model = train_classifier(
-            dataset,
-            rows,
-            arch=recipe.arch,
-            hidden=recipe.hidden,
-            epochs=recipe.epochs,
-            lr=recipe.lr,
-            batch_size=recipe.batch_size,
-            weight_decay=recipe.weight_decay,
-            optimizer=recipe.optimizer,
-            seed=seed,
-            progress=False,
-        )
+        model = train_with_recipe(dataset, rows, recipe, seed=seed, progress=False)
         bar.update()
         return model
 

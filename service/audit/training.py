@@ -124,6 +124,30 @@ def train_classifier(
     return model.eval()
 
 
+def train_with_recipe(
+    dataset: Dataset,
+    indices: Sequence[int] | NDArray[np.int64],
+    recipe: Recipe,
+    *,
+    seed: int,
+    progress: bool = True,
+) -> nn.Module:
+    """`train_classifier` with the hyper-parameters of ``recipe`` (target and shadows alike)."""
+    return train_classifier(
+        dataset,
+        indices,
+        arch=recipe.arch,
+        hidden=recipe.hidden,
+        epochs=recipe.epochs,
+        lr=recipe.lr,
+        batch_size=recipe.batch_size,
+        weight_decay=recipe.weight_decay,
+        optimizer=recipe.optimizer,
+        seed=seed,
+        progress=progress,
+    )
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, x: NDArray[Any], batch_size: int = 1024
@@ -282,19 +306,7 @@ def train_and_export(
         test_indices=dataset.test_indices,
         max_members=recipe.max_members,
     )
-    model = train_classifier(
-        dataset,
-        split.target_members,
-        arch=recipe.arch,
-        hidden=recipe.hidden,
-        epochs=recipe.epochs,
-        lr=recipe.lr,
-        batch_size=recipe.batch_size,
-        weight_decay=recipe.weight_decay,
-        optimizer=recipe.optimizer,
-        seed=seed,
-        progress=progress,
-    )
+    model = train_with_recipe(dataset, split.target_members, recipe, seed=seed, progress=progress)
     dtype: Literal["float32", "int64"] = "int64" if dataset.kind == "text" else "float32"
     vocab_size = len(dataset.vocabulary) if dataset.vocabulary else None
     onnx_path = export_onnx(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 DEFAULT_FILE = "DEFAULT"
 
@@ -24,16 +25,36 @@ def default_model_dir(models_dir: Path) -> Path | None:
 def write_linear_model(
     directory: Path, *, name: str, n_features: int, n_classes: int, seed: int = 0
 ) -> Path:
-    """A linear classifier (logits = x W + b) with its manifest, under directory/name.
+    """A random linear classifier (logits = x W + b) with its manifest, under directory/name."""
+    rng = np.random.default_rng(seed)
+    weights = (rng.normal(size=(n_features, n_classes)) / np.sqrt(n_features)).astype(np.float32)
+    bias = rng.normal(size=n_classes).astype(np.float32)
+    return save_linear_model(
+        directory / name,
+        name=name,
+        weights=weights,
+        bias=bias,
+        description=f"linear {n_features} -> {n_classes} benchmark model",
+    )
+
+
+def save_linear_model(
+    model_dir: Path,
+    *,
+    name: str,
+    weights: NDArray[np.float32],
+    bias: NDArray[np.float32],
+    description: str,
+    version: str = "1",
+) -> Path:
+    """Write logits = x W + b as ``model.onnx`` plus its manifest into ``model_dir``.
 
     Needs the ``onnx`` package (the audit and dev extras), not torch.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
-    weights = (rng.normal(size=(n_features, n_classes)) / np.sqrt(n_features)).astype(np.float32)
-    bias = rng.normal(size=n_classes).astype(np.float32)
+    n_features, n_classes = weights.shape
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["input", "W"], ["xw"]),
@@ -46,17 +67,17 @@ def write_linear_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    model_dir = directory / name
+    onnx.checker.check_model(model)
     model_dir.mkdir(parents=True, exist_ok=True)
     onnx.save(model, model_dir / "model.onnx")
     manifest: dict[str, Any] = {
         "name": name,
-        "version": "1",
+        "version": version,
         "file": "model.onnx",
         "input": {"name": "input", "shape": [-1, n_features], "dtype": "float32"},
         "output": {"name": "logits"},
         "labels": [f"class_{i}" for i in range(n_classes)],
-        "description": f"linear {n_features} -> {n_classes} benchmark model",
+        "description": description,
     }
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
     return model_dir
