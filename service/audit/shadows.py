@@ -96,7 +96,7 @@ def train_shadows(
     bar = tqdm(total=total, desc="shadows", unit="model", disable=not progress)
 
     def fit(rows: NDArray[np.int64], model_seed: int) -> Any:
-        model = train_with_recipe(dataset, rows, recipe, seed=seed, progress=False)
+        model = train_with_recipe(dataset, rows, recipe, seed=model_seed, progress=False)
         bar.update()
         return model
 
