@@ -11,15 +11,23 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# gcc builds the defense's C kernel (service/defense/_kernel.c); only the compiled
+# module reaches the runtime image. Debian's stable packages, not pinned: security
+# updates land on rebuild.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # pyproject.toml names README.md as the package's long description.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY service ./service
 # `.` without extras: serving only; torch and scikit-learn stay in `.[audit]`.
 RUN pip install --no-cache-dir . \
-    && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
+    && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
+    && python -I -c "from service.defense._compiled import kernel; assert kernel is not None"
 
 # --- runtime -----------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

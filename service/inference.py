@@ -95,8 +95,8 @@ class Predictor:
 
         flips = int(np.count_nonzero(out.probabilities.argmax(axis=1) != logits.argmax(axis=1)))
         m = self._metrics
-        m.inference_duration.labels(model.name).observe(inferred - started)
-        m.defense_duration.labels(model.name, context.tenant).observe(defended - inferred)
+        m.child(m.inference_duration, model.name).observe(inferred - started)
+        m.child(m.defense_duration, model.name, context.tenant).observe(defended - inferred)
         m.observe_defense(model.name, context.tenant, out.sensitivity, out.noise_std, flips)
         return out.probabilities
 

@@ -9,6 +9,7 @@ only, never from raw request strings.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,6 +21,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 UNKNOWN = "-"  # label value when a request fails before its tenant or model is known
 
@@ -104,6 +106,24 @@ class ServiceMetrics:
             registry=r,
         )
 
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *label_values: str) -> Any:
+        """``metric.labels(*label_values)``, memoised: ``labels`` validates and locks on
+        every call (~1.5 us), and a request touches seven children. Label values come
+        from known tenants and models only, so the memo stays small."""
+        key = (metric._name, label_values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*label_values)
+        return found
+
+    def observe_request(
+        self, model: str, tenant: str, endpoint: str, code: int, seconds: float
+    ) -> None:
+        self.child(self.request_duration, model, tenant, endpoint).observe(seconds)
+        self.child(self.requests, model, tenant, str(code)).inc()
+
     def observe_defense(
         self,
         model: str,
@@ -113,11 +133,11 @@ class ServiceMetrics:
         label_flips: int,
     ) -> None:
         """Record one batch: a sample per row in the histograms, then the counters."""
-        observe_many(self.sensitivity.labels(model, tenant), sensitivity)
-        observe_many(self.noise_std.labels(model, tenant), noise_std)
-        self.samples.labels(model, tenant).inc(len(sensitivity))
+        observe_many(self.child(self.sensitivity, model, tenant), sensitivity)
+        observe_many(self.child(self.noise_std, model, tenant), noise_std)
+        self.child(self.samples, model, tenant).inc(len(sensitivity))
         if label_flips:
-            self.label_flips.labels(model, tenant).inc(label_flips)
+            self.child(self.label_flips, model, tenant).inc(label_flips)
 
 
 def observe_many(histogram: Histogram, values: NDArray[np.float64]) -> None:

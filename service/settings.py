@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         "requests into one ONNX call (0 = off).",
     )
     batching_max_batch: int = Field(default=256, ge=1)
+    inline_max_body_bytes: int = Field(
+        default=64 * 1024,
+        ge=0,
+        description="Inference requests with bodies up to this size run on the event loop "
+        "when nothing in them can block (tenant cached, no rate limit, batching off); "
+        "larger ones, and every other request, run in the thread pool (0 = never inline).",
+    )
     rate_limit_burst_seconds: float = Field(
         default=1.0,
         gt=0,

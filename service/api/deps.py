@@ -128,8 +128,6 @@ class RequestObservation:
             code = exc.status_code
         else:
             code = 500
-        m = self._metrics
-        m.request_duration.labels(self.model, self.tenant, self._endpoint).observe(
-            time.perf_counter() - self._started
+        self._metrics.observe_request(
+            self.model, self.tenant, self._endpoint, code, time.perf_counter() - self._started
         )
-        m.requests.labels(self.model, self.tenant, str(code)).inc()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from fastapi import APIRouter, Depends, Path, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials
 
+from ..tenants import Tenant
 from .codec import decode_v1, encode_v1
 from .deps import (
     RequestObservation,
@@ -46,8 +50,15 @@ def predict(
     credentials: HTTPAuthorizationCredentials | None = Security(bearer),
     services: Services = Depends(get_services),
 ) -> Response:
+    return serve_predict(services, model, body, partial(authenticate, services, credentials))
+
+
+def serve_predict(
+    services: Services, model: str, body: bytes, identify: Callable[[], Tenant]
+) -> Response:
+    """The v1 predict handler proper; ``identify`` returns the caller's tenant or raises."""
     with RequestObservation(services.metrics, "v1") as observation:
-        tenant = authenticate(services, credentials)
+        tenant = identify()
         observation.tenant = tenant.name
         enforce_rate_limit(services, tenant)
         classifier = authorize_model(services, tenant, model)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response, Security
@@ -11,6 +13,7 @@ from pydantic import BaseModel
 from .. import __version__
 from ..errors import ServiceUnavailable, UnknownModel
 from ..runtime.manifest import DTYPES
+from ..tenants import Tenant
 from .codec import HEADER_LENGTH, OUTPUT_NAME, decode_v2, encode_v2
 from .deps import (
     RequestObservation,
@@ -132,7 +135,14 @@ def infer(
     credentials: HTTPAuthorizationCredentials | None = Security(bearer),
     services: Services = Depends(get_services),
 ) -> Response:
-    return _infer(request, model, None, body, credentials, services)
+    return serve_infer(
+        services,
+        model,
+        None,
+        body,
+        request.headers.get(HEADER_LENGTH),
+        partial(authenticate, services, credentials),
+    )
 
 
 @router.post("/models/{model}/versions/{version}/infer", **_INFER_DOC)  # type: ignore[arg-type]
@@ -144,19 +154,27 @@ def infer_version(
     credentials: HTTPAuthorizationCredentials | None = Security(bearer),
     services: Services = Depends(get_services),
 ) -> Response:
-    return _infer(request, model, version, body, credentials, services)
+    return serve_infer(
+        services,
+        model,
+        version,
+        body,
+        request.headers.get(HEADER_LENGTH),
+        partial(authenticate, services, credentials),
+    )
 
 
-def _infer(
-    request: Request,
+def serve_infer(
+    services: Services,
     model: str,
     version: str | None,
     body: bytes,
-    credentials: HTTPAuthorizationCredentials | None,
-    services: Services,
+    header_length: str | None,
+    identify: Callable[[], Tenant],
 ) -> Response:
+    """The v2 infer handler proper; ``identify`` returns the caller's tenant or raises."""
     with RequestObservation(services.metrics, "v2") as observation:
-        tenant = authenticate(services, credentials)
+        tenant = identify()
         observation.tenant = tenant.name
         enforce_rate_limit(services, tenant)
         classifier = authorize_model(services, tenant, model)
@@ -166,7 +184,7 @@ def _infer(
             raise UnknownModel(f"model {model!r} has no version {version!r}")
         decoded = decode_v2(
             body,
-            request.headers.get(HEADER_LENGTH),
+            header_length,
             manifest.input.name,
             services.settings.max_batch,
         )

@@ -88,7 +88,7 @@ class StandardNormalPool:
         """Draws of shape (n, ensemble_size, n_classes), in the memory layout the defense
         reads fastest (a transposed view when ``class_major``)."""
         flat = self.take(n * ensemble_size * n_classes)
-        if class_major(ensemble_size, n_classes):
+        if n > 1 and class_major(ensemble_size, n_classes):
             return flat.reshape(n_classes, n).T[:, None, :]
         return flat.reshape(n, ensemble_size, n_classes)
 

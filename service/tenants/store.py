@@ -293,6 +293,24 @@ class TenantStore:
                     self._cache[key_hash] = _CacheEntry(tenant, now)
         return tenant
 
+    def cached(self, api_key: str, *, min_remaining_seconds: float = 0.0) -> Tenant | None:
+        """The tenant owning ``api_key`` if this process holds a fresh answer for it
+        (one that stays fresh for at least ``min_remaining_seconds`` more), else None.
+
+        Never touches the database, so it may run on the event loop: a None means
+        "ask ``authenticate``", not "unknown key".
+        """
+        if parse_key_id(api_key) is None:
+            return None
+        key_hash = hash_api_key(api_key)
+        with self._lock:
+            entry = self._cache.get(key_hash)
+        if entry is None:
+            return None
+        if self._clock() - entry.loaded_at + min_remaining_seconds < self._cache_ttl:
+            return entry.tenant
+        return None
+
     def ping(self) -> bool:
         """Whether the database answers `SELECT 1` (for readiness probes)."""
         try:

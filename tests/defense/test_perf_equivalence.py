@@ -2,8 +2,10 @@
 
 The references below are written the obvious way (float64, one step per formula
 line, Python ints for SplitMix64, the stdlib hmac) so that the fast paths
-(pure Python for a few rows, class-major for few classes, float32 softmax for many)
-can be checked against them on every path and layout.
+(the C kernel, pure Python for a few rows, class-major for few classes, float32
+softmax for many) can be checked against them on every path and layout. Every
+test runs twice: with the compiled kernel and with the Python code that replaces
+it where no compiler was found at install time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from service.defense import (
     NoiseMode,
     Sensitivity,
     apply_dynanoise,
+    dynanoise,
     keyed_seeds,
     keyed_standard_normal,
     sensitivity,
@@ -28,6 +31,15 @@ from service.defense import (
 from service.defense.noise import KeyedSeeder, StandardNormalPool
 
 MASK = (1 << 64) - 1
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def defense_code(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "python":
+        monkeypatch.setattr(dynanoise, "_kernel", None)
+    elif dynanoise._kernel is None:
+        pytest.skip("no C kernel (tests/defense/test_kernel.py says why)")
+    return str(request.param)
 
 
 def reference_sensitivity(z: np.ndarray, measure: Sensitivity) -> np.ndarray:

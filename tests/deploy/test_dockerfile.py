@@ -56,7 +56,17 @@ def test_every_copy_source_exists_and_is_in_the_build_context(
 
 
 @pytest.mark.parametrize(
-    "path", [".venv", ".git", "tests", "data", "docs", ".env", "service/__pycache__/x.pyc"]
+    "path",
+    [
+        ".venv",
+        ".git",
+        "tests",
+        "data",
+        "docs",
+        ".env",
+        "service/__pycache__/x.pyc",
+        "service/defense/_kernel.cpython-311-x86_64-linux-gnu.so",
+    ],
 )
 def test_dockerignore_keeps_the_context_small(repo: Path, path: str) -> None:
     assert dockerignore_excludes(repo / ".dockerignore", path)
@@ -112,7 +122,9 @@ def test_start_command_serves_from_a_clean_venv_without_torch(
         target = context / source
         if (repo / source).is_dir():
             shutil.copytree(
-                repo / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                repo / source,
+                target,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"),
             )
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +144,14 @@ def test_start_command_serves_from_a_clean_venv_without_torch(
     assert no_torch.returncode != 0, "torch must not be a serving dependency"
     no_sklearn = subprocess.run([str(python), "-c", "import sklearn"], capture_output=True)
     assert no_sklearn.returncode != 0, "scikit-learn must not be a serving dependency"
+    # -I: the installed package, not a source tree on the path.
+    kernel = subprocess.run(
+        [str(python), "-I", "-c", "from service.defense._compiled import kernel; print(kernel)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert "_kernel" in kernel.stdout, "the C kernel was not built: " + kernel.stderr
 
     # The runtime stage's filesystem: WORKDIR /app with models/, data/, metrics/.
     app = tmp_path / APP_DIR.strip("/")

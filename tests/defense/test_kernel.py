@@ -1,0 +1,100 @@
+"""The compiled kernel (service/defense/_kernel.c) against the Python code it replaces.
+
+Both follow the same operations in the same order, so they must agree to the bit,
+and a row's answer must not depend on the batch it came in or on the memory layout
+of its noise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from service.defense import DefenseParams, apply_dynanoise, dynanoise
+from service.defense._compiled import kernel
+
+# DYNANOISE_PURE_PYTHON=1 runs the suite on the Python code alone (a machine with no
+# C compiler); otherwise a missing kernel is a failed build, not a reason to skip.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("DYNANOISE_PURE_PYTHON") == "1", reason="DYNANOISE_PURE_PYTHON=1"
+)
+
+
+def test_the_kernel_is_built() -> None:
+    assert kernel is not None, "the C kernel is not built: reinstall with a C compiler"
+    assert dynanoise._kernel is kernel
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 2), (1, 10), (3, 7), (40, 10), (7, 64), (5, 100)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("noise", [True, False])
+def test_kernel_equals_the_python_path_to_the_bit(
+    n: int, k: int, dtype: type[np.floating], noise: bool
+) -> None:
+    rng = np.random.default_rng(n * 100 + k)
+    logits = rng.normal(scale=5.0, size=(n, k)).astype(dtype)
+    params = DefenseParams(base_variance=0.7 if noise else 0.0, temperature=3.0)
+    draws = rng.standard_normal((n, 1, k)) if noise else None
+    compiled = dynanoise._defend_compiled(logits, params, draws)
+    python = dynanoise._defend_in_python(logits, params, draws)
+    np.testing.assert_array_equal(compiled.probabilities, python.probabilities)
+    np.testing.assert_array_equal(compiled.sensitivity, python.sensitivity)
+    np.testing.assert_array_equal(compiled.noise_std, python.noise_std)
+    assert compiled.probabilities.dtype == np.float32
+    assert compiled.probabilities.flags.c_contiguous
+
+
+def test_kernel_equals_the_class_major_path_to_the_bit() -> None:
+    rng = np.random.default_rng(1)
+    logits = rng.normal(scale=5.0, size=(500, 10)).astype(np.float32)
+    draws = rng.standard_normal((500, 1, 10))
+    params = DefenseParams()
+    compiled = dynanoise._defend_compiled(logits, params, draws)
+    vectorised = dynanoise._defend_class_major(logits, params, draws)
+    np.testing.assert_array_equal(compiled.probabilities, vectorised.probabilities)
+    np.testing.assert_array_equal(compiled.noise_std, vectorised.noise_std)
+
+
+def test_a_row_gets_the_same_bits_alone_in_a_batch_and_in_any_layout() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(scale=5.0, size=(300, 100)).astype(np.float32)
+    draws = rng.standard_normal((300, 1, 100))
+    transposed = np.ascontiguousarray(draws[:, 0, :].T).T[:, None, :]  # strided view
+    params = DefenseParams()
+    batch = apply_dynanoise(logits, params, draws).probabilities
+    np.testing.assert_array_equal(apply_dynanoise(logits, params, transposed).probabilities, batch)
+    for i in (0, 123, 299):
+        alone = apply_dynanoise(logits[i : i + 1], params, draws[i : i + 1]).probabilities
+        np.testing.assert_array_equal(alone[0], batch[i])
+
+
+def test_strided_logits_are_read_correctly() -> None:
+    rng = np.random.default_rng(3)
+    wide = rng.normal(size=(6, 20)).astype(np.float32)
+    logits = wide[::2, ::2]  # neither row nor column contiguous
+    draws = rng.standard_normal((3, 1, 10))
+    params = DefenseParams()
+    np.testing.assert_array_equal(
+        dynanoise._defend_compiled(logits, params, draws).probabilities,
+        dynanoise._defend_in_python(np.ascontiguousarray(logits), params, draws).probabilities,
+    )
+
+
+@pytest.mark.parametrize(
+    ("logits", "draws", "error"),
+    [
+        (np.zeros((2, 3), dtype=np.int64), None, TypeError),
+        (np.zeros((2, 1), dtype=np.float32), None, ValueError),
+        (np.zeros(3, dtype=np.float32), None, ValueError),
+        (np.zeros((2, 3), dtype=np.float32), np.zeros((2, 1, 4)), ValueError),
+        (np.zeros((2, 3), dtype=np.float32), np.zeros((2, 2, 3)), ValueError),
+        (np.zeros((2, 3), dtype=np.float32), np.zeros((2, 1, 3), dtype=np.float32), TypeError),
+        ([[0.0, 1.0]], None, TypeError),
+    ],
+)
+def test_kernel_rejects_what_it_cannot_read(logits: object, draws: object, error: type) -> None:
+    assert kernel is not None
+    with pytest.raises(error):
+        kernel.defend_entropy(logits, draws, 0.3, 2.0, 10.0)
