@@ -28,9 +28,14 @@ def _client(settings: Settings, fast: bool) -> TestClient:
     return TestClient(app)
 
 
-@pytest.fixture
-def clients(settings: Settings) -> Iterator[tuple[TestClient, TestClient, dict[str, str]]]:
-    """The app with and without the fast route, on one database, and tenant keys."""
+@pytest.fixture(params=[0.0, 60.0], ids=["thread-pool", "inline"])
+def clients(
+    settings: Settings, request: pytest.FixtureRequest
+) -> Iterator[tuple[TestClient, TestClient, dict[str, str]]]:
+    """The app with and without the fast route, on one database, and tenant keys; with
+    no tenant cache (every request in the thread pool) and with one (small requests
+    inline on the event loop once their tenant is cached)."""
+    settings = settings.model_copy(update={"tenant_cache_seconds": request.param})
     with _client(settings, fast=True) as fast, _client(settings, fast=False) as plain:
         keys = {}
         for name, params in (
@@ -141,3 +146,63 @@ def test_other_methods_and_paths_go_to_fastapi(
     assert fast.get("/v1/models/toy/predict").status_code == 405
     assert fast.get("/v2/models/toy").status_code == 200
     assert fast.post("/v1/models/toy/predict/extra").status_code == 404
+
+
+class _ThreadPoolCalls:
+    """Counts the fast route's hops to the thread pool (inline requests make none)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        hop = fastpath.run_in_threadpool
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            self.count += 1
+            return await hop(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(fastpath, "run_in_threadpool", counted)
+
+
+def _hops(settings: Settings, monkeypatch: pytest.MonkeyPatch, tenant: dict[str, object],
+          body: bytes, requests: int = 3) -> int:  # fmt: skip
+    """Thread-pool hops of ``requests`` identical predictions, all answered 200."""
+    calls = _ThreadPoolCalls(monkeypatch)
+    with TestClient(create_app(settings)) as client:
+        created = client.post("/admin/tenants", json={"name": "t", **tenant}, headers=ADMIN)
+        key = {"Authorization": f"Bearer {created.json()['api_key']}"}
+        for _ in range(requests):
+            response = client.post("/v1/models/toy/predict", content=body, headers=key)
+            assert response.status_code == 200, response.text
+    return calls.count
+
+
+SMALL = orjson.dumps({"instances": [ROW_TOY]})
+
+
+def test_small_requests_of_a_cached_tenant_run_inline(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = settings.model_copy(update={"tenant_cache_seconds": 60.0})
+    # The first request loads the tenant in the thread pool; the next ones find it cached.
+    assert _hops(cached, monkeypatch, {}, SMALL) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "tenant", "body"),
+    [
+        ({"tenant_cache_seconds": 0.0}, {}, SMALL),  # every request may query the database
+        ({}, {"rate_limit_per_second": 1000.0}, SMALL),  # the limiter may write to it
+        ({"batching_max_delay_ms": 1.0}, {}, SMALL),  # a batched request waits for others
+        ({"inline_max_body_bytes": 0}, {}, SMALL),  # inline switched off
+        ({"inline_max_body_bytes": 100}, {}, orjson.dumps({"instances": [ROW_TOY] * 8})),
+    ],
+    ids=["no-cache", "rate-limited", "batching", "inline-off", "large-body"],
+)
+def test_requests_that_could_block_the_event_loop_use_the_thread_pool(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    changes: dict[str, object],
+    tenant: dict[str, object],
+    body: bytes,
+) -> None:
+    configured = settings.model_copy(update={"tenant_cache_seconds": 60.0, **changes})
+    assert _hops(configured, monkeypatch, tenant, body) == 3

@@ -324,6 +324,27 @@ def test_authenticate_answers_from_cache_within_ttl(store: TenantStore, clock: F
     assert len(statements) > after_first
 
 
+def test_cached_answers_only_from_a_fresh_cache_entry_and_never_queries(
+    store: TenantStore, clock: FakeClock
+) -> None:
+    _, key = store.create("acme")
+    statements = _count_queries(store)
+    assert store.cached(key) is None  # not loaded yet: "ask authenticate", not "unknown"
+    assert store.cached("not-a-key") is None
+    assert store.cached(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    assert len(statements) == 0
+    store.authenticate(key)
+    loaded = len(statements)
+    cached = store.cached(key)
+    assert cached is not None and cached.name == "acme"
+    clock.advance(0.9)
+    assert store.cached(key) is not None
+    assert store.cached(key, min_remaining_seconds=0.2) is None  # expires within 0.2 s
+    clock.advance(0.2)
+    assert store.cached(key) is None
+    assert len(statements) == loaded
+
+
 def test_change_by_another_process_arrives_within_ttl(
     make_store: MakeStore, clock: FakeClock
 ) -> None:
