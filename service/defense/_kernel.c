@@ -42,6 +42,9 @@ static int matrix_strides(PyArrayObject *a, npy_intp n, npy_intp k, npy_intp *rs
     return -1;
 }
 
+static PyObject *defend(PyArrayObject *z, PyArrayObject *e, PyObject *variance_obj,
+                        PyObject *lambda_obj, PyObject *temperature_obj);
+
 static PyObject *defend_entropy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) {
         PyErr_SetString(PyExc_TypeError, "defend_entropy takes 5 arguments");
@@ -51,30 +54,52 @@ static PyObject *defend_entropy(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_TypeError, "logits and draws must be numpy arrays");
         return NULL;
     }
+    /* Other dtypes (float16, integers...) are converted here, once: the common float32
+       and float64 inputs are read as they are, with no Python-side dtype checks. */
     PyArrayObject *z = (PyArrayObject *)args[0];
-    const double base_variance = PyFloat_AsDouble(args[2]);
-    const double lambda_scale = PyFloat_AsDouble(args[3]);
-    const double temperature = PyFloat_AsDouble(args[4]);
+    PyArrayObject *e = args[1] == Py_None ? NULL : (PyArrayObject *)args[1];
+    PyObject *z_owned = NULL, *e_owned = NULL, *result = NULL;
+    if (PyArray_TYPE(z) != NPY_FLOAT32 && PyArray_TYPE(z) != NPY_FLOAT64) {
+        if (!PyArray_ISNUMBER(z) || PyArray_ISCOMPLEX(z)) {
+            PyErr_SetString(PyExc_TypeError, "logits: expected real numbers");
+            return NULL;
+        }
+        z_owned = PyArray_FROMANY(args[0], NPY_FLOAT64, 0, 0, NPY_ARRAY_ALIGNED);
+        if (z_owned == NULL) return NULL;
+        z = (PyArrayObject *)z_owned;
+    }
+    if (e != NULL && PyArray_TYPE(e) != NPY_FLOAT64) {
+        if (!PyArray_ISFLOAT(e) || PyArray_ISCOMPLEX(e)) {
+            PyErr_SetString(PyExc_TypeError, "draws: expected real floats");
+            goto done;
+        }
+        e_owned = PyArray_FROMANY(args[1], NPY_FLOAT64, 0, 0, NPY_ARRAY_ALIGNED);
+        if (e_owned == NULL) goto done;
+        e = (PyArrayObject *)e_owned;
+    }
+    result = defend(z, e, args[2], args[3], args[4]);
+done:
+    Py_XDECREF(z_owned);
+    Py_XDECREF(e_owned);
+    return result;
+}
+
+static PyObject *defend(PyArrayObject *z, PyArrayObject *e, PyObject *variance_obj,
+                        PyObject *lambda_obj, PyObject *temperature_obj) {
+    const double base_variance = PyFloat_AsDouble(variance_obj);
+    const double lambda_scale = PyFloat_AsDouble(lambda_obj);
+    const double temperature = PyFloat_AsDouble(temperature_obj);
     if (PyErr_Occurred()) return NULL;
     if (PyArray_NDIM(z) != 2 || PyArray_DIM(z, 1) < 2) {
         PyErr_SetString(PyExc_ValueError, "logits: expected shape (n, k), k >= 2");
         return NULL;
     }
     const int type = PyArray_TYPE(z);
-    if (type != NPY_FLOAT32 && type != NPY_FLOAT64) {
-        PyErr_SetString(PyExc_TypeError, "logits: expected float32 or float64");
-        return NULL;
-    }
     const npy_intp n = PyArray_DIM(z, 0), k = PyArray_DIM(z, 1);
-    const int noisy = args[1] != Py_None;
+    const int noisy = e != NULL;
     npy_intp e_rs = 0, e_cs = 0;
     const char *eb = NULL;
     if (noisy) {
-        PyArrayObject *e = (PyArrayObject *)args[1];
-        if (PyArray_TYPE(e) != NPY_FLOAT64) {
-            PyErr_SetString(PyExc_TypeError, "draws: expected float64");
-            return NULL;
-        }
         if (matrix_strides(e, n, k, &e_rs, &e_cs) < 0) return NULL;
         eb = PyArray_BYTES(e);
     }

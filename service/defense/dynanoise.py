@@ -68,7 +68,10 @@ def apply_dynanoise(
             raise ValueError(
                 f"standard_normal must have shape {(n, params.ensemble_size, k)}, got {draws.shape}"
             )
-    if _is_extreme(params):
+    # Extreme parameters (see _defend_extreme), tested inline: this runs on every request.
+    if params.temperature < _MIN_FAST_TEMPERATURE or not (
+        params.base_variance * (1.0 + params.lambda_scale) <= _MAX_FAST_VARIANCE
+    ):
         return _defend_extreme(z, params, draws)
     single = params.ensemble_size == 1 or draws is None
     if single and params.sensitivity is Sensitivity.ENTROPY:
@@ -87,11 +90,6 @@ def apply_dynanoise(
 _MIN_FAST_TEMPERATURE = 1e-6
 _MAX_FAST_VARIANCE = 1e12
 _MAX_STD = 1e100  # noise beyond this already makes every answer a random one-hot
-
-
-def _is_extreme(params: DefenseParams) -> bool:
-    largest_variance = params.base_variance * (1.0 + params.lambda_scale)
-    return params.temperature < _MIN_FAST_TEMPERATURE or not largest_variance <= _MAX_FAST_VARIANCE
 
 
 def _defend_extreme(
@@ -119,12 +117,8 @@ def _defend_compiled(
 ) -> DefenseOutput:
     """``_defend_in_python`` in C (``_kernel.c``): the same arithmetic, the same bits."""
     assert _kernel is not None
-    if z.dtype != np.float32 and z.dtype != np.float64:
-        z = z.astype(np.float64)
-    if draws is not None and draws.dtype != np.float64:
-        draws = draws.astype(np.float64)
-    return DefenseOutput(
-        *_kernel.defend_entropy(
+    return DefenseOutput._make(
+        _kernel.defend_entropy(
             z, draws, params.base_variance, params.lambda_scale, params.temperature
         )
     )

@@ -70,6 +70,21 @@ def test_a_row_gets_the_same_bits_alone_in_a_batch_and_in_any_layout() -> None:
         np.testing.assert_array_equal(alone[0], batch[i])
 
 
+def test_other_dtypes_are_converted_as_the_python_path_does() -> None:
+    rng = np.random.default_rng(4)
+    logits = rng.integers(-20, 20, size=(5, 6))
+    draws = rng.standard_normal((5, 1, 6))
+    params = DefenseParams()
+    expected = dynanoise._defend_in_python(logits, params, draws).probabilities
+    for z, e in ((logits, draws), (logits.astype(np.float16), draws.astype(np.float32))):
+        got = dynanoise._defend_compiled(z, params, e).probabilities
+        reference = dynanoise._defend_in_python(z, params, e.astype(np.float64)).probabilities
+        np.testing.assert_array_equal(got, reference)
+    np.testing.assert_array_equal(
+        dynanoise._defend_compiled(logits, params, draws).probabilities, expected
+    )
+
+
 def test_strided_logits_are_read_correctly() -> None:
     rng = np.random.default_rng(3)
     wide = rng.normal(size=(6, 20)).astype(np.float32)
@@ -85,12 +100,13 @@ def test_strided_logits_are_read_correctly() -> None:
 @pytest.mark.parametrize(
     ("logits", "draws", "error"),
     [
-        (np.zeros((2, 3), dtype=np.int64), None, TypeError),
+        (np.zeros((2, 3), dtype=np.complex64), None, TypeError),
+        (np.array([["a", "b"]]), None, TypeError),
         (np.zeros((2, 1), dtype=np.float32), None, ValueError),
         (np.zeros(3, dtype=np.float32), None, ValueError),
         (np.zeros((2, 3), dtype=np.float32), np.zeros((2, 1, 4)), ValueError),
         (np.zeros((2, 3), dtype=np.float32), np.zeros((2, 2, 3)), ValueError),
-        (np.zeros((2, 3), dtype=np.float32), np.zeros((2, 1, 3), dtype=np.float32), TypeError),
+        (np.zeros((2, 3), dtype=np.float32), np.zeros((2, 1, 3), dtype=np.int64), TypeError),
         ([[0.0, 1.0]], None, TypeError),
     ],
 )
