@@ -1,21 +1,31 @@
 /*
- * DynaNoise for one ensemble member with entropy sensitivity, row by row in C.
+ * The defense's hot path in C: DynaNoise for one ensemble member with entropy
+ * sensitivity, and the pool of fresh N(0, 1) draws it reads.
  *
- * The same operations in the same order as `_defend_in_python` (dynanoise.py),
- * in double precision with the C library's exp and log, so both give the same
- * bits; that function documents the arithmetic. This exists because a numpy or
- * Python version of a one-row request costs 15-20 us, several times its compute:
- * here one call does it in about a microsecond.
+ * defend_entropy does the same operations in the same order as `_defend_in_python`
+ * (dynanoise.py), in double precision with the C library's exp and log, so both give
+ * the same bits; that function documents the arithmetic. NormalBlocks serves the
+ * draws of `StandardNormalPool` (noise.py) in the same order as its Python code.
+ * They exist because the Python or numpy versions of a one-row request cost 5-20 us,
+ * several times their compute: here a row takes well under a microsecond.
  *
  * Built as an optional extension (setup.py): without a C compiler the package
  * falls back to the Python code, with the same results.
  *
- *   defend_entropy(logits, draws, base_variance, lambda_scale, temperature)
- *       -> (probabilities, risk, std)
+ *   defend_entropy(logits, draws, base_variance, lambda_scale, temperature[, output_type])
+ *       -> output_type((probabilities, risk, std)), a plain tuple by default
  *
- * logits: ndarray (n, k) float32 or float64, any strides. draws: None or a float64
- * ndarray (n, k) or (n, 1, k), any strides: row i, class j. Returns new arrays:
- * probabilities (n, k) float32, risk (n,) and std (n,) float64.
+ * logits: ndarray (n, k), k >= 2, any real dtype (float32 and float64 read as they
+ * are), any strides. draws: None or a float ndarray (n, 1, k), any strides: row i,
+ * class j. Returns new arrays: probabilities (n, k) float32, risk (n,) and std (n,)
+ * float64. output_type: a tuple subclass such as a NamedTuple, filled directly.
+ *
+ *   NormalBlocks(refill, block_size, class_major_max_classes)
+ *       .take(count) -> float64 (count,)
+ *       .draws(n, ensemble_size, n_classes) -> float64 (n, ensemble_size, n_classes)
+ *
+ * refill(size) returns `size` fresh N(0, 1) draws (a float64 ndarray). Every value is
+ * served once: the GIL, held from the check to the hand-out, is the lock.
  */
 #define PY_SSIZE_T_CLEAN
 #define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
@@ -23,31 +33,32 @@
 #include <math.h>
 #include <numpy/arrayobject.h>
 
-/* (row stride, column stride) in bytes of a (n, k) or (n, 1, k) array. */
-static int matrix_strides(PyArrayObject *a, npy_intp n, npy_intp k, npy_intp *rs,
-                          npy_intp *cs) {
-    const int nd = PyArray_NDIM(a);
+/* (row stride, column stride) in bytes of draws shaped (n, 1, k), as apply_dynanoise's
+   contract says (one ensemble member). */
+static int draw_strides(PyArrayObject *a, npy_intp n, npy_intp k, npy_intp *rs, npy_intp *cs) {
     const npy_intp *shape = PyArray_DIMS(a), *strides = PyArray_STRIDES(a);
-    if (nd == 2 && shape[0] == n && shape[1] == k) {
-        *rs = strides[0];
-        *cs = strides[1];
-        return 0;
-    }
-    if (nd == 3 && shape[0] == n && shape[1] == 1 && shape[2] == k) {
+    if (PyArray_NDIM(a) == 3 && shape[0] == n && shape[1] == 1 && shape[2] == k) {
         *rs = strides[0];
         *cs = strides[2];
         return 0;
     }
-    PyErr_SetString(PyExc_ValueError, "draws: expected shape (n, k) or (n, 1, k)");
+    PyErr_Format(PyExc_ValueError, "standard_normal must have shape (%zd, 1, %zd)", (Py_ssize_t)n,
+                 (Py_ssize_t)k);
     return -1;
 }
 
 static PyObject *defend(PyArrayObject *z, PyArrayObject *e, PyObject *variance_obj,
-                        PyObject *lambda_obj, PyObject *temperature_obj);
+                        PyObject *lambda_obj, PyObject *temperature_obj, PyObject *output_type);
 
 static PyObject *defend_entropy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "defend_entropy takes 5 arguments");
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "defend_entropy takes 5 or 6 arguments");
+        return NULL;
+    }
+    PyObject *output_type = nargs == 6 ? args[5] : (PyObject *)&PyTuple_Type;
+    if (!PyType_Check(output_type) ||
+        !PyType_IsSubtype((PyTypeObject *)output_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "output_type must be a tuple type (a NamedTuple)");
         return NULL;
     }
     if (!PyArray_Check(args[0]) || (args[1] != Py_None && !PyArray_Check(args[1]))) {
@@ -77,7 +88,7 @@ static PyObject *defend_entropy(PyObject *self, PyObject *const *args, Py_ssize_
         if (e_owned == NULL) goto done;
         e = (PyArrayObject *)e_owned;
     }
-    result = defend(z, e, args[2], args[3], args[4]);
+    result = defend(z, e, args[2], args[3], args[4], output_type);
 done:
     Py_XDECREF(z_owned);
     Py_XDECREF(e_owned);
@@ -85,13 +96,13 @@ done:
 }
 
 static PyObject *defend(PyArrayObject *z, PyArrayObject *e, PyObject *variance_obj,
-                        PyObject *lambda_obj, PyObject *temperature_obj) {
+                        PyObject *lambda_obj, PyObject *temperature_obj, PyObject *output_type) {
     const double base_variance = PyFloat_AsDouble(variance_obj);
     const double lambda_scale = PyFloat_AsDouble(lambda_obj);
     const double temperature = PyFloat_AsDouble(temperature_obj);
     if (PyErr_Occurred()) return NULL;
     if (PyArray_NDIM(z) != 2 || PyArray_DIM(z, 1) < 2) {
-        PyErr_SetString(PyExc_ValueError, "logits: expected shape (n, k), k >= 2");
+        PyErr_SetString(PyExc_ValueError, "logits must have shape (n, k) with k >= 2");
         return NULL;
     }
     const int type = PyArray_TYPE(z);
@@ -100,7 +111,7 @@ static PyObject *defend(PyArrayObject *z, PyArrayObject *e, PyObject *variance_o
     npy_intp e_rs = 0, e_cs = 0;
     const char *eb = NULL;
     if (noisy) {
-        if (matrix_strides(e, n, k, &e_rs, &e_cs) < 0) return NULL;
+        if (draw_strides(e, n, k, &e_rs, &e_cs) < 0) return NULL;
         eb = PyArray_BYTES(e);
     }
     npy_intp shape[2] = {n, k};
@@ -171,12 +182,174 @@ static PyObject *defend(PyArrayObject *z, PyArrayObject *e, PyObject *variance_o
     }
     if (released != NULL) PyEval_RestoreThread(released);
     if (row != stack_row) PyMem_Free(row);
-    PyObject *result = PyTuple_Pack(3, probs, risks, stds);
-    Py_DECREF(probs);
-    Py_DECREF(risks);
-    Py_DECREF(stds);
+    /* A tuple subclass instance built directly: calling a NamedTuple's __new__ from
+       Python costs more than this whole kernel on one row. */
+    PyObject *result = output_type == (PyObject *)&PyTuple_Type
+                           ? PyTuple_New(3)
+                           : ((PyTypeObject *)output_type)->tp_alloc((PyTypeObject *)output_type, 3);
+    if (result == NULL) {
+        Py_DECREF(probs);
+        Py_DECREF(risks);
+        Py_DECREF(stds);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, probs);
+    PyTuple_SET_ITEM(result, 1, risks);
+    PyTuple_SET_ITEM(result, 2, stds);
     return result;
 }
+
+
+/* ---- NormalBlocks: fresh N(0, 1) draws handed out from pre-drawn blocks ---- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *refill;      /* refill(size) -> float64 ndarray of `size` N(0, 1) draws */
+    PyObject *block;       /* the block being served; NULL until first use */
+    npy_intp used;         /* values of `block` already served */
+    npy_intp block_size;
+    npy_intp class_major_max; /* the layout rule of noise.class_major */
+} NormalBlocks;
+
+/* `size` new draws from refill(), checked: a contiguous float64 array of that size. */
+static PyObject *draw_block(NormalBlocks *self, npy_intp size) {
+    PyObject *fresh = PyObject_CallFunction(self->refill, "n", (Py_ssize_t)size);
+    if (fresh == NULL) return NULL;
+    if (!PyArray_CheckExact(fresh) || PyArray_TYPE((PyArrayObject *)fresh) != NPY_FLOAT64 ||
+        !PyArray_IS_C_CONTIGUOUS((PyArrayObject *)fresh) ||
+        PyArray_SIZE((PyArrayObject *)fresh) != size) {
+        Py_DECREF(fresh);
+        PyErr_SetString(PyExc_TypeError, "refill must return a contiguous float64 array of size n");
+        return NULL;
+    }
+    return fresh;
+}
+
+/* Reserve `count` values: a new reference to the array holding them, their address in
+   *data. Larger requests than a block get an array of their own, as in noise.py. */
+static PyObject *reserve(NormalBlocks *self, npy_intp count, const char **data) {
+    if (count < 0) {
+        PyErr_SetString(PyExc_ValueError, "count must be >= 0");
+        return NULL;
+    }
+    if (count > self->block_size) {
+        PyObject *own = draw_block(self, count);
+        if (own != NULL) *data = PyArray_BYTES((PyArrayObject *)own);
+        return own;
+    }
+    if (self->block == NULL || self->used + count > self->block_size) {
+        /* refill may let other threads run; whatever they did, the block set here is
+           new, and no value of the one it replaces is served again. */
+        PyObject *fresh = draw_block(self, self->block_size);
+        if (fresh == NULL) return NULL;
+        Py_XSETREF(self->block, fresh);
+        self->used = 0;
+    }
+    *data = PyArray_BYTES((PyArrayObject *)self->block) + self->used * (npy_intp)sizeof(double);
+    self->used += count;
+    Py_INCREF(self->block);
+    return self->block;
+}
+
+/* A float64 view of `owner`'s memory at `data` (steals the reference to owner). */
+static PyObject *view_of(PyObject *owner, const char *data, int nd, npy_intp *dims,
+                         npy_intp *strides) {
+    PyObject *view = PyArray_NewFromDescr(&PyArray_Type, PyArray_DescrFromType(NPY_FLOAT64), nd,
+                                          dims, strides, (void *)data,
+                                          NPY_ARRAY_ALIGNED | NPY_ARRAY_WRITEABLE, NULL);
+    if (view == NULL) {
+        Py_DECREF(owner);
+        return NULL;
+    }
+    if (PyArray_SetBaseObject((PyArrayObject *)view, owner) < 0) { /* steals owner */
+        Py_DECREF(view);
+        return NULL;
+    }
+    return view;
+}
+
+static PyObject *blocks_take(NormalBlocks *self, PyObject *arg) {
+    const npy_intp count = PyLong_AsSsize_t(arg);
+    if (count == -1 && PyErr_Occurred()) return NULL;
+    const char *data;
+    PyObject *owner = reserve(self, count, &data);
+    if (owner == NULL) return NULL;
+    npy_intp dims[1] = {count}, strides[1] = {sizeof(double)};
+    return view_of(owner, data, 1, dims, strides);
+}
+
+static PyObject *blocks_draws(NormalBlocks *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "draws takes (n, ensemble_size, n_classes)");
+        return NULL;
+    }
+    const npy_intp n = PyLong_AsSsize_t(args[0]);
+    const npy_intp m = PyLong_AsSsize_t(args[1]);
+    const npy_intp k = PyLong_AsSsize_t(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    if (n < 0 || m < 1 || k < 1 || (n > 0 && m > PY_SSIZE_T_MAX / n / k)) {
+        PyErr_SetString(PyExc_ValueError, "draws: bad shape");
+        return NULL;
+    }
+    const char *data;
+    PyObject *owner = reserve(self, n * m * k, &data);
+    if (owner == NULL) return NULL;
+    const npy_intp d = sizeof(double);
+    npy_intp dims[3] = {n, m, k};
+    npy_intp strides[3] = {m * k * d, k * d, d}; /* row-major */
+    if (n > 1 && m == 1 && k <= self->class_major_max) {
+        /* class-major: value (i, 0, j) at flat[j n + i], as flat.reshape(k, n).T[:, None] */
+        strides[0] = d;
+        strides[1] = 0;
+        strides[2] = n * d;
+    }
+    return view_of(owner, data, 3, dims, strides);
+}
+
+static int blocks_init(NormalBlocks *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"refill", "block_size", "class_major_max_classes", NULL};
+    PyObject *refill;
+    Py_ssize_t block_size, class_major_max;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onn", keywords, &refill, &block_size,
+                                     &class_major_max))
+        return -1;
+    if (!PyCallable_Check(refill) || block_size < 1) {
+        PyErr_SetString(PyExc_ValueError, "refill must be callable and block_size >= 1");
+        return -1;
+    }
+    Py_INCREF(refill);
+    Py_XSETREF(self->refill, refill);
+    Py_CLEAR(self->block);
+    self->used = 0;
+    self->block_size = block_size;
+    self->class_major_max = class_major_max;
+    return 0;
+}
+
+static void blocks_dealloc(NormalBlocks *self) {
+    Py_XDECREF(self->refill);
+    Py_XDECREF(self->block);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef blocks_methods[] = {
+    {"take", (PyCFunction)blocks_take, METH_O, "count draws, shape (count,), never served before."},
+    {"draws", (PyCFunction)(void (*)(void))blocks_draws, METH_FASTCALL,
+     "Draws of shape (n, ensemble_size, n_classes), in the defense's layout."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject NormalBlocksType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "service.defense._kernel.NormalBlocks",
+    .tp_basicsize = sizeof(NormalBlocks),
+    .tp_dealloc = (destructor)blocks_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Fresh N(0, 1) draws from pre-drawn blocks, each served once.",
+    .tp_methods = blocks_methods,
+    .tp_init = (initproc)blocks_init,
+    .tp_new = PyType_GenericNew,
+};
 
 static PyMethodDef methods[] = {
     {"defend_entropy", (PyCFunction)(void (*)(void))defend_entropy, METH_FASTCALL,
@@ -190,5 +363,14 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__kernel(void) {
     import_array();
-    return PyModule_Create(&module);
+    if (PyType_Ready(&NormalBlocksType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&NormalBlocksType);
+    if (PyModule_AddObject(m, "NormalBlocks", (PyObject *)&NormalBlocksType) < 0) {
+        Py_DECREF(&NormalBlocksType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

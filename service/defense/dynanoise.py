@@ -55,6 +55,21 @@ def apply_dynanoise(
     when base_variance is 0 (temperature smoothing alone). Any memory layout works;
     the class-major one (see ``keyed_standard_normal``) is read fastest.
     """
+    # The common case first, in as few steps as possible (this runs on every request):
+    # one member, entropy sensitivity, moderate values, arrays in. The kernel checks
+    # the shapes and dtypes itself.
+    if (
+        _kernel is not None
+        and params.ensemble_size == 1
+        and params.sensitivity is _ENTROPY
+        and type(logits) is np.ndarray
+        and params.temperature >= _MIN_FAST_TEMPERATURE
+        and params.base_variance * (1.0 + params.lambda_scale) <= _MAX_FAST_VARIANCE
+    ):
+        if params.base_variance <= 0.0:  # no noise: any draws given are not used
+            return _defend_compiled(logits, params, None)
+        if type(standard_normal) is np.ndarray:
+            return _defend_compiled(logits, params, standard_normal)
     z = np.asarray(logits)
     if z.ndim != 2 or z.shape[1] < 2:
         raise ValueError("logits must have shape (n, k) with k >= 2")
@@ -89,6 +104,7 @@ def apply_dynanoise(
 # tenants take the slower path below, which cannot produce inf - inf = NaN.
 _MIN_FAST_TEMPERATURE = 1e-6
 _MAX_FAST_VARIANCE = 1e12
+_ENTROPY = Sensitivity.ENTROPY
 _MAX_STD = 1e100  # noise beyond this already makes every answer a random one-hot
 
 
@@ -117,10 +133,8 @@ def _defend_compiled(
 ) -> DefenseOutput:
     """``_defend_in_python`` in C (``_kernel.c``): the same arithmetic, the same bits."""
     assert _kernel is not None
-    return DefenseOutput._make(
-        _kernel.defend_entropy(
-            z, draws, params.base_variance, params.lambda_scale, params.temperature
-        )
+    return _kernel.defend_entropy(  # type: ignore[no-any-return]
+        z, draws, params.base_variance, params.lambda_scale, params.temperature, DefenseOutput
     )
 
 

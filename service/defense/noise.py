@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ._compiled import kernel as _kernel
+
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
@@ -57,7 +59,9 @@ class StandardNormalPool:
     than the whole one-row defense; drawing a block ahead and slicing it makes the
     per-request cost a lock and a slice. Every value is served to exactly one
     caller (thread-safe); a block is drawn on first use, never at construction, so
-    a pool built before a fork is not shared by the children.
+    a pool built before a fork is not shared by the children. With the C kernel the
+    blocks are served by ``_kernel.NormalBlocks`` (the GIL is its lock; ~0.2 us a
+    call instead of ~2), in the same order.
     """
 
     def __init__(self, rng: np.random.Generator, block_size: int = 16_384) -> None:
@@ -68,9 +72,16 @@ class StandardNormalPool:
         self._lock = threading.Lock()
         self._block: NDArray[np.float64] = np.empty(0)
         self._used = 0
+        self._compiled = (
+            None
+            if _kernel is None
+            else _kernel.NormalBlocks(rng.standard_normal, block_size, CLASS_MAJOR_MAX_CLASSES)
+        )
 
     def take(self, count: int) -> NDArray[np.float64]:
         """``count`` standard normal draws, shape (count,), never served before."""
+        if self._compiled is not None:
+            return self._compiled.take(count)  # type: ignore[no-any-return]
         if count > self._block_size:
             with self._lock:
                 return self._rng.standard_normal(count)
@@ -87,6 +98,8 @@ class StandardNormalPool:
     def draws(self, n: int, ensemble_size: int, n_classes: int) -> NDArray[np.float64]:
         """Draws of shape (n, ensemble_size, n_classes), in the memory layout the defense
         reads fastest (a transposed view when ``class_major``)."""
+        if self._compiled is not None:
+            return self._compiled.draws(n, ensemble_size, n_classes)  # type: ignore[no-any-return]
         flat = self.take(n * ensemble_size * n_classes)
         if n > 1 and class_major(ensemble_size, n_classes):
             return flat.reshape(n_classes, n).T[:, None, :]

@@ -12,8 +12,9 @@ import os
 import numpy as np
 import pytest
 
-from service.defense import DefenseParams, apply_dynanoise, dynanoise
+from service.defense import DefenseParams, apply_dynanoise, dynanoise, noise
 from service.defense._compiled import kernel
+from service.defense.noise import StandardNormalPool
 
 # DYNANOISE_PURE_PYTHON=1 runs the suite on the Python code alone (a machine with no
 # C compiler); otherwise a missing kernel is a failed build, not a reason to skip.
@@ -114,3 +115,56 @@ def test_kernel_rejects_what_it_cannot_read(logits: object, draws: object, error
     assert kernel is not None
     with pytest.raises(error):
         kernel.defend_entropy(logits, draws, 0.3, 2.0, 10.0)
+
+
+def test_the_kernel_fills_the_defense_output_type() -> None:
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(3, 10)).astype(np.float32)
+    out = apply_dynanoise(logits, DefenseParams(), rng.standard_normal((3, 1, 10)))
+    assert type(out) is dynanoise.DefenseOutput
+    assert out.probabilities.shape == (3, 10) and out.noise_std.shape == (3,)
+    assert kernel is not None
+    plain = kernel.defend_entropy(logits, None, 0.0, 1.0, 2.0)
+    assert type(plain) is tuple and len(plain) == 3
+    with pytest.raises(TypeError):
+        kernel.defend_entropy(logits, None, 0.0, 1.0, 2.0, dict)
+
+
+@pytest.mark.parametrize("draws", [None, np.zeros((2, 10)), np.zeros((2, 2, 10)), [[0.0] * 10] * 2])
+def test_the_fast_path_rejects_missing_or_misshapen_draws(draws: object) -> None:
+    logits = np.zeros((2, 10), dtype=np.float32)
+    with pytest.raises(ValueError, match="standard_normal"):
+        apply_dynanoise(logits, DefenseParams(), draws)  # type: ignore[arg-type]
+
+
+def test_the_compiled_pool_serves_the_python_pools_values_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled = StandardNormalPool(np.random.default_rng(9), block_size=64)
+    monkeypatch.setattr(noise, "_kernel", None)
+    python = StandardNormalPool(np.random.default_rng(9), block_size=64)
+    # Within a block, across block ends, larger than a block, empty, both layouts.
+    shapes = [(1, 1, 10), (5, 1, 10), (3, 2, 7), (1, 1, 60), (40, 1, 2), (2, 1, 50)]
+    shapes += [(0, 1, 10), (4, 1, 10), (7, 1, 3), (1, 3, 5)]
+    for n, m, k in shapes:
+        got, expected = compiled.draws(n, m, k), python.draws(n, m, k)
+        assert got.shape == expected.shape == (n, m, k)
+        np.testing.assert_array_equal(got, expected)
+        assert got.flags.c_contiguous == expected.flags.c_contiguous
+        np.testing.assert_array_equal(compiled.take(9), python.take(9))
+    np.testing.assert_array_equal(compiled.take(65), python.take(65))
+
+
+def test_the_compiled_pool_keeps_served_values_alive_and_rejects_bad_refills() -> None:
+    assert kernel is not None
+    blocks = kernel.NormalBlocks(np.random.default_rng(3).standard_normal, 8, 64)
+    first = blocks.take(8)
+    kept = first.copy()
+    for _ in range(100):  # many refills later, the first view still reads its values
+        blocks.take(5)
+    np.testing.assert_array_equal(first, kept)
+    with pytest.raises(ValueError):
+        blocks.take(-1)
+    bad = kernel.NormalBlocks(lambda size: np.zeros(size, dtype=np.float32), 8, 64)
+    with pytest.raises(TypeError, match="refill"):
+        bad.take(3)

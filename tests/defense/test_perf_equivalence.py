@@ -26,6 +26,7 @@ from service.defense import (
     dynanoise,
     keyed_seeds,
     keyed_standard_normal,
+    noise,
     sensitivity,
 )
 from service.defense.noise import KeyedSeeder, StandardNormalPool
@@ -37,6 +38,7 @@ MASK = (1 << 64) - 1
 def defense_code(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "python":
         monkeypatch.setattr(dynanoise, "_kernel", None)
+        monkeypatch.setattr(noise, "_kernel", None)
     elif dynanoise._kernel is None:
         pytest.skip("no C kernel (tests/defense/test_kernel.py says why)")
     return str(request.param)
