@@ -133,7 +133,7 @@ def _defend_compiled(
 ) -> DefenseOutput:
     """``_defend_in_python`` in C (``_kernel.c``): the same arithmetic, the same bits."""
     assert _kernel is not None
-    return _kernel.defend_entropy(  # type: ignore[no-any-return]
+    return _kernel.defend_entropy(
         z, draws, params.base_variance, params.lambda_scale, params.temperature, DefenseOutput
     )
 

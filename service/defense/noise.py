@@ -81,7 +81,7 @@ class StandardNormalPool:
     def take(self, count: int) -> NDArray[np.float64]:
         """``count`` standard normal draws, shape (count,), never served before."""
         if self._compiled is not None:
-            return self._compiled.take(count)  # type: ignore[no-any-return]
+            return self._compiled.take(count)
         if count > self._block_size:
             with self._lock:
                 return self._rng.standard_normal(count)
@@ -99,7 +99,7 @@ class StandardNormalPool:
         """Draws of shape (n, ensemble_size, n_classes), in the memory layout the defense
         reads fastest (a transposed view when ``class_major``)."""
         if self._compiled is not None:
-            return self._compiled.draws(n, ensemble_size, n_classes)  # type: ignore[no-any-return]
+            return self._compiled.draws(n, ensemble_size, n_classes)
         flat = self.take(n * ensemble_size * n_classes)
         if n > 1 and class_major(ensemble_size, n_classes):
             return flat.reshape(n_classes, n).T[:, None, :]
