@@ -11,12 +11,13 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-# gcc builds the defense's C kernel (service/defense/_kernel.c); only the compiled
-# module reaches the runtime image. Debian's stable packages, not pinned: security
-# updates land on rebuild.
+# gcc builds the defense's C extensions (service/defense/_kernel.c, and _keyed.c
+# against OpenSSL's headers); only the compiled modules reach the runtime image,
+# whose Python already carries libcrypto. Debian's stable packages, not pinned:
+# security updates land on rebuild.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -27,7 +28,7 @@ COPY service ./service
 # `.` without extras: serving only; torch and scikit-learn stay in `.[audit]`.
 RUN pip install --no-cache-dir . \
     && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
-    && python -I -c "from service.defense._compiled import kernel; assert kernel is not None"
+    && python -I -c "from service.defense._compiled import keyed, kernel; assert kernel and keyed"
 
 # --- runtime -----------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -21,11 +21,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-$(SERVE_STAMP): pyproject.toml setup.py service/defense/_kernel.c | $(BIN)/python
+$(SERVE_STAMP): pyproject.toml setup.py $(wildcard service/defense/*.c) | $(BIN)/python
 	$(PIP) install --quiet -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml setup.py service/defense/_kernel.c | $(BIN)/python
+$(DEV_STAMP): pyproject.toml setup.py $(wildcard service/defense/*.c) | $(BIN)/python
 	$(PIP) install --quiet -e '.[audit,dev]'
 	touch $@ $(SERVE_STAMP)
 

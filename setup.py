@@ -1,7 +1,8 @@
-"""The optional C kernel of the defense (service/defense/_kernel.c).
+"""The optional C extensions of the defense (service/defense/_kernel.c, _keyed.c).
 
-Everything else lives in pyproject.toml. `optional=True`: without a C compiler the
-install still succeeds and the defense runs its Python code, with the same results.
+Everything else lives in pyproject.toml. `optional=True`: without a C compiler (or,
+for _keyed, without OpenSSL's headers) the install still succeeds and the defense
+runs its Python code, with the same results.
 """
 
 import numpy
@@ -16,6 +17,13 @@ setup(
             # No fused multiply-adds: the kernel must round exactly as the Python code.
             extra_compile_args=["-ffp-contract=off"],
             optional=True,
-        )
+        ),
+        Extension(
+            "service.defense._keyed",
+            ["service/defense/_keyed.c"],
+            include_dirs=[numpy.get_include()],
+            libraries=["crypto"],  # OpenSSL's libcrypto, the one hashlib uses
+            optional=True,
+        ),
     ]
 )

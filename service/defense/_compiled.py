@@ -1,7 +1,9 @@
-"""The optional C kernel (``_kernel.c``, built by setup.py when a compiler is there).
+"""The optional C extensions, built by setup.py when a compiler is there.
 
-``kernel`` is None where it was not built, or when DYNANOISE_PURE_PYTHON=1 asks for
-the Python code (a machine without a compiler runs the tests that way).
+``kernel`` (``_kernel.c``: the entropy defense and the fresh-noise pool) and ``keyed``
+(``_keyed.c``: keyed noise's HMAC seeds, with OpenSSL) are None where they were not
+built, or when DYNANOISE_PURE_PYTHON=1 asks for the Python code (a machine without a
+compiler runs the tests that way).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import os
 from types import ModuleType
 
 
-def _load() -> ModuleType | None:
+def _load(name: str) -> ModuleType | None:
     if os.environ.get("DYNANOISE_PURE_PYTHON") == "1":
         return None
     try:
-        return importlib.import_module(f"{__package__}._kernel")
-    except ImportError:  # no compiler at install time: the Python code runs instead
+        return importlib.import_module(f"{__package__}.{name}")
+    except ImportError:  # not built at install time: the Python code runs instead
         return None
 
 
-kernel = _load()
+kernel = _load("_kernel")
+keyed = _load("_keyed")

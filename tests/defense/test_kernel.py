@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from service.defense import DefenseParams, apply_dynanoise, dynanoise, noise
-from service.defense._compiled import kernel
+from service.defense._compiled import kernel, keyed
 from service.defense.noise import StandardNormalPool
 
 # DYNANOISE_PURE_PYTHON=1 runs the suite on the Python code alone (a machine with no
@@ -26,6 +26,27 @@ pytestmark = pytest.mark.skipif(
 def test_the_kernel_is_built() -> None:
     assert kernel is not None, "the C kernel is not built: reinstall with a C compiler"
     assert dynanoise._kernel is kernel
+    assert noise._kernel is kernel
+    assert keyed is not None, "the keyed seeds are not built: install OpenSSL's headers"
+    assert noise._keyed is keyed
+
+
+@pytest.mark.parametrize(
+    ("key", "prefix", "rows", "error"),
+    [
+        ("k", b"", np.zeros((2, 3), dtype=np.float32), TypeError),
+        (b"k", b"", [[0.0, 1.0]], TypeError),
+        (b"k", b"", np.zeros((2, 3), dtype=np.float64), ValueError),
+        (b"k", b"", np.zeros((3, 2), dtype=np.float32).T, ValueError),
+        (b"k", b"", np.array(1.0, dtype=np.float32), ValueError),
+    ],
+)
+def test_hmac_seeds_rejects_what_it_cannot_read(
+    key: object, prefix: object, rows: object, error: type
+) -> None:
+    assert keyed is not None
+    with pytest.raises(error):
+        keyed.hmac_seeds(key, prefix, rows)
 
 
 @pytest.mark.parametrize(("n", "k"), [(1, 2), (1, 10), (3, 7), (40, 10), (7, 64), (5, 100)])

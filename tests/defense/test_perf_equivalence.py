@@ -39,6 +39,7 @@ def defense_code(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     if request.param == "python":
         monkeypatch.setattr(dynanoise, "_kernel", None)
         monkeypatch.setattr(noise, "_kernel", None)
+        monkeypatch.setattr(noise, "_keyed", None)
     elif dynanoise._kernel is None:
         pytest.skip("no C kernel (tests/defense/test_kernel.py says why)")
     return str(request.param)
@@ -206,6 +207,27 @@ def test_keyed_seeds_are_the_hmac_of_model_shape_and_row(secret: bytes) -> None:
         message = b"digits@1\x00(2, 3)\x00" + inputs[i].tobytes()
         digest = hmac.digest(secret, message, hashlib.sha256)
         assert int(seeds[i]) == int.from_bytes(digest[:8], "little")
+
+
+def test_keyed_seeds_read_negative_zero_as_zero_in_any_dtype_and_layout() -> None:
+    rng = np.random.default_rng(9)
+    inputs = rng.normal(size=(5, 3, 4)).astype(np.float32)
+    inputs[1, 0, 0] = 0.0
+    inputs[2, 1, 2] = 0.0
+    signed = inputs.copy()
+    signed[1, 0, 0] = -0.0
+    signed[2, 1, 2] = -0.0
+    seeder = KeyedSeeder(b"s" * 32, "m@1")
+    expected = seeder.seeds(inputs)
+    np.testing.assert_array_equal(seeder.seeds(signed), expected)
+    np.testing.assert_array_equal(seeder.seeds(signed.astype(np.float64)), expected)
+    strided = np.ascontiguousarray(signed.transpose(2, 1, 0)).transpose(2, 1, 0)
+    np.testing.assert_array_equal(seeder.seeds(strided), expected)
+    assert seeder.seeds(inputs[:0]).shape == (0,)
+    for i in range(5):  # the stdlib's HMAC of the +0.0 bytes
+        message = b"m@1\x00(3, 4)\x00" + inputs[i].tobytes()
+        digest = hmac.digest(b"s" * 32, message, hashlib.sha256)
+        assert int(expected[i]) == int.from_bytes(digest[:8], "little")
 
 
 def test_normal_pool_serves_every_draw_once_across_threads() -> None:

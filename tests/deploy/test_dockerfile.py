@@ -66,6 +66,7 @@ def test_every_copy_source_exists_and_is_in_the_build_context(
         ".env",
         "service/__pycache__/x.pyc",
         "service/defense/_kernel.cpython-311-x86_64-linux-gnu.so",
+        "service/defense/_keyed.cpython-311-x86_64-linux-gnu.so",
     ],
 )
 def test_dockerignore_keeps_the_context_small(repo: Path, path: str) -> None:
@@ -146,12 +147,18 @@ def test_start_command_serves_from_a_clean_venv_without_torch(
     assert no_sklearn.returncode != 0, "scikit-learn must not be a serving dependency"
     # -I: the installed package, not a source tree on the path.
     kernel = subprocess.run(
-        [str(python), "-I", "-c", "from service.defense._compiled import kernel; print(kernel)"],
+        [
+            str(python),
+            "-I",
+            "-c",
+            "from service.defense._compiled import keyed, kernel; print(kernel, keyed)",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert "_kernel" in kernel.stdout, "the C kernel was not built: " + kernel.stderr
+    assert "_keyed" in kernel.stdout, "the keyed seeds were not built: " + kernel.stderr
 
     # The runtime stage's filesystem: WORKDIR /app with models/, data/, metrics/.
     app = tmp_path / APP_DIR.strip("/")
