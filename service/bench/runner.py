@@ -153,11 +153,16 @@ def _cpu_model() -> str:
 
 
 def _interleave(measures: dict[str, Measure], repeats: int) -> dict[str, list[LoadResult]]:
-    """Each variant once per round, rounds repeated: variants share the machine's mood."""
+    """Each variant once per round, rounds repeated: variants share the machine's mood.
+
+    Odd rounds run the variants in reverse order, so a machine that speeds up or slows
+    down during a round (caches, CPU frequency, neighbours) favours none of them.
+    """
     runs: dict[str, list[LoadResult]] = {name: [] for name in measures}
-    for _ in range(repeats):
-        for name, measure in measures.items():
-            runs[name].append(measure())
+    names = list(measures)
+    for round_ in range(repeats):
+        for name in names if round_ % 2 == 0 else reversed(names):
+            runs[name].append(measures[name]())
     return runs
 
 

@@ -17,6 +17,7 @@ from service.bench.models import default_model_dir, prepare_models
 from service.bench.naive_app import create_app
 from service.bench.payloads import sample_rows, v1_json, v2_binary
 from service.bench.report import TARGETS, render_markdown
+from service.bench.runner import _interleave
 from service.bench.stats import ratios, spread
 from service.cli import build_parser
 
@@ -96,6 +97,17 @@ def test_wrk_summary_is_parsed_and_a_missing_one_is_an_error() -> None:
     assert result.throughput == pytest.approx(49.0)
     with pytest.raises(LoadError):
         parse_wrk_output("nothing", "boom", concurrency=8)
+
+
+def test_rounds_alternate_the_order_of_the_variants() -> None:
+    calls: list[str] = []
+
+    def measure(name: str) -> object:
+        return lambda: calls.append(name) or len(calls)
+
+    runs = _interleave({"on": measure("on"), "off": measure("off")}, repeats=3)  # type: ignore[dict-item]
+    assert calls == ["on", "off", "off", "on", "on", "off"]
+    assert runs == {"on": [1, 4, 5], "off": [2, 3, 6]}
 
 
 def test_spreads_and_ratios() -> None:
