@@ -60,7 +60,7 @@ class Predictor:
     ) -> None:
         self._metrics = metrics
         # One generator per process: reseeding per call costs ~25 us. Its draws are
-        # thread-safe (the pool locks) and never leave unmixed with logits.
+        # thread-safe (each value is served once) and never leave unmixed with logits.
         self._normals = StandardNormalPool(rng if rng is not None else fresh_generator())
         self._seeders: dict[tuple[bytes, str], KeyedSeeder] = {}
         self._batching_delay_s = batching_max_delay_ms / 1000.0

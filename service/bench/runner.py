@@ -20,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..defense import _compiled
 from .config import BenchConfig
 from .defense import PAPER_MS_PER_SAMPLE, bench_defense
 from .load import LoadResult, run_wrk
@@ -127,6 +128,8 @@ def _meta(config: BenchConfig, model: str, manifest: dict[str, Any]) -> dict[str
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
         },
+        # Which code the defense ran: the C extensions, or the Python that replaces them.
+        "compiled": {"kernel": _compiled.kernel is not None, "keyed": _compiled.keyed is not None},
         "model": {
             "name": model,
             "input_shape": manifest["input"]["shape"],

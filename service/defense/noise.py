@@ -5,7 +5,9 @@ HMAC-SHA256(tenant secret, model id + canonical bytes of the row), so the same
 query always gets the same answer and averaging repeated queries gains nothing.
 The per-row seed expands into normals with a counter-based generator
 (SplitMix64 + Box-Muller) vectorised over the whole batch, because creating
-one numpy Generator per row costs ~40 us.
+one numpy Generator per row costs ~40 us. Where the C extensions are built, the
+HMAC loop runs in ``_keyed.c`` (OpenSSL) and the fresh-noise pool in ``_kernel.c``;
+the Python code below gives the same values.
 """
 
 from __future__ import annotations
@@ -118,8 +120,9 @@ class KeyedSeeder:
     key schedule done once.
 
     HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)); the two padded-key states (and
-    the model/shape prefix of m) are hashed at construction and copied per row.
-    Holds the secret's derived state: keep it server side, like the secret.
+    the model/shape prefix of m) are hashed at construction and copied per row (the C
+    loop does the same once per batch). Holds the secret's key: keep it server side,
+    like the secret.
     """
 
     __slots__ = ("_key", "_model_id", "_outer", "_prefixed", "_prefixes", "_secret_inner")
