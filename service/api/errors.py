@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..defense import InvalidParameters
 from ..errors import DynanoiseError, RateLimited
 from ..tenants import StoreUnavailable
-from .middleware import SECURITY_HEADERS
 
 logger = logging.getLogger("dynanoise.api")
 
@@ -72,12 +71,9 @@ async def _http_error(_: Request, exc: Exception) -> Response:
 async def _unexpected(_: Request, exc: Exception) -> Response:
     # A bug, not bad input: log the type only (never request data) and answer generically.
     logger.error("unhandled %s", type(exc).__name__, exc_info=exc)
-    # Starlette answers this one from outside every middleware (ServerErrorMiddleware),
-    # so GuardMiddleware cannot add the security headers: add them here.
-    return error_response(500, "internal_error", "internal error", _SECURITY_HEADERS)
-
-
-_SECURITY_HEADERS = {name.decode(): value.decode() for name, value in SECURITY_HEADERS}
+    # GuardMiddleware, outside Starlette's ServerErrorMiddleware (service.app), adds
+    # the security headers to this answer as to every other.
+    return error_response(500, "internal_error", "internal error")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,8 +5,11 @@ are answered by the very handlers of ``v1`` and ``v2`` (auth, rate limit, decodi
 defense, metrics: nothing is duplicated) and errors go through the app's own
 exception handlers. What is skipped is FastAPI's per-request routing and
 dependency solving, which cost more than the whole defended inference of a
-one-row request (bench/README.md). Everything else, and any request this does
-not recognise, goes on to FastAPI unchanged.
+one-row request (bench/README.md), and Starlette's middleware stack: the app
+installs this outside it, inside GuardMiddleware only (see ``service.app``), so
+a bug here is answered by the app's catch-all handler, as ServerErrorMiddleware
+would. Everything else, and any request this does not recognise, goes on to
+FastAPI unchanged.
 
 Small requests run inline, on the event loop, when nothing in them can block:
 the caller's tenant is in this process's auth cache, it has no rate limit (the
@@ -105,7 +108,7 @@ class FastInferenceRoutes:
         except Exception as exc:
             exception_handler = _exception_handler(request, exc)
             if exception_handler is None:
-                raise  # a bug: ServerErrorMiddleware answers 500, as for any route
+                raise  # no handler at all: the server answers 500
             if inspect.iscoroutinefunction(exception_handler):
                 response = await exception_handler(request, exc)
             else:
@@ -140,12 +143,11 @@ def _route(path: str) -> tuple[Serve, tuple[str, ...]] | None:
 
 
 def _exception_handler(request: Request, exc: Exception) -> Callable[..., Any] | None:
-    """The app's handler for ``exc`` (as Starlette's ExceptionMiddleware finds it),
-    leaving the catch-all ``Exception`` handler to ServerErrorMiddleware."""
+    """The app's handler for ``exc``, the most specific first (as Starlette's
+    ExceptionMiddleware finds it), down to the catch-all ``Exception`` handler that
+    ServerErrorMiddleware would use for a bug."""
     handlers = request.app.exception_handlers
     for cls in type(exc).__mro__:
-        if cls is Exception:
-            return None
         if cls in handlers:
             handler: Callable[..., Any] = handlers[cls]
             return handler

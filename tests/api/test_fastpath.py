@@ -21,10 +21,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 def _client(settings: Settings, fast: bool) -> TestClient:
     app = create_app(settings)
-    if not fast:
-        app.user_middleware = [
-            m for m in app.user_middleware if m.cls is not fastpath.FastInferenceRoutes
-        ]
+    app.fast_inference_routes = fast  # type: ignore[attr-defined]
     return TestClient(app)
 
 
