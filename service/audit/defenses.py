@@ -235,3 +235,48 @@ def served_defense(params: DefenseParams, name: str = "served") -> DynaNoiseDefe
     return DynaNoiseDefense(
         name, params, description=f"the deployment's DynaNoise ({params.noise_mode} noise)"
     )
+
+
+SERVED = "served"
+
+
+@dataclass(frozen=True)
+class DefenseFactory:
+    """The audited defenses, rebuilt for every repeat of an audit.
+
+    Repeat r keys ``dynanoise_keyed`` with a secret of its own (drawn from ``seed``
+    and r), so that figures carry the spread over keys, not the luck of one key.
+    ``served``: a live deployment's parameters, audited as the defense "served".
+    """
+
+    requested: tuple[str, ...]
+    params: DefenseParams
+    average_sensitivity: float
+    model_id: str
+    seed: int
+    served: DefenseParams | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """Report order: the in-process defenses, then the served one."""
+        local = [name for name in DEFENSE_NAMES if name in self.requested]
+        return [*local, SERVED] if self.served is not None else local
+
+    def all(self, repeat: int) -> list[AuditedDefense]:
+        return [self.get(name, repeat) for name in self.names]
+
+    def get(self, name: str, repeat: int) -> AuditedDefense:
+        """Defense ``name`` as the server runs it in repeat ``repeat``."""
+        if name == SERVED:
+            if self.served is None:
+                raise UnknownDefense("no served defense in this audit")
+            return served_defense(self.served)
+        secret = np.random.default_rng([self.seed, repeat, 0x5EC2E7]).bytes(32)
+        (defense,) = build_defenses(
+            [name],
+            params=self.params,
+            average_sensitivity=self.average_sensitivity,
+            secret=secret,
+            model_id=self.model_id,
+        )
+        return defense

@@ -17,9 +17,20 @@ def acc_drop(acc_undefended: float, acc_defended: float) -> float:
     return acc_undefended - acc_defended
 
 
+def effective_accuracy(attack_accuracy: float) -> float:
+    """max(acc, 1 - acc): an attack right less than half the time is as good flipped."""
+    return max(attack_accuracy, 1.0 - attack_accuracy)
+
+
+def improvement(attack_acc_undefended: float, attack_acc_defended: float) -> float:
+    """Imp_a on effective accuracies (max(acc, 1 - acc)); the paper's own runs are all
+    >= 0.5, where this is the plain difference."""
+    return effective_accuracy(attack_acc_undefended) - effective_accuracy(attack_acc_defended)
+
+
 def put(attack_acc_undefended: float, attack_acc_defended: float, acc_drop: float) -> float:
-    """PUT_a = Imp_a - AccDrop, with Imp_a = attack_acc_undefended - attack_acc_defended."""
-    return (attack_acc_undefended - attack_acc_defended) - acc_drop
+    """PUT_a = Imp_a - AccDrop."""
+    return improvement(attack_acc_undefended, attack_acc_defended) - acc_drop
 
 
 def midput(puts: Mapping[str, float]) -> float:
@@ -62,7 +73,7 @@ def midput_table(
         raise ValueError("undefended and defended results must name the same attacks")
     drop = acc_drop(acc_undefended, acc_defended)
     improvements = {
-        name: attack_acc_undefended[name] - attack_acc_defended[name]
+        name: improvement(attack_acc_undefended[name], attack_acc_defended[name])
         for name in attack_acc_undefended
     }
     puts = {

@@ -1,9 +1,10 @@
 """Audit figures, drawn from the report data (results.json, roc.json) alone.
 
-- roc_<protocol>.png: one panel per attack, one line per defense, log-log axes
+- roc_paper.png: one panel per attack, one line per defense, log-log axes
   (the low-FPR corner is where membership inference matters, Carlini et al. 2022).
-- privacy_utility.png: accuracy drop vs the best score-based attack's AUC, per
-  defense, one panel per protocol, with the label-only floor beside it.
+- query_budget.png: worst-case AUC against answers per row, per noisy defense.
+- privacy_utility.png: accuracy drop vs the worst-case AUC, per defense, one
+  panel per protocol, with the label-only floor as a line.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
 
-from .report import FLOOR, TITLES, best_attack
+from .report import TITLES
 
 DPI = 110
 
@@ -32,6 +33,10 @@ def write_figures(results: dict[str, Any], rocs: dict[str, Any], out_dir: Path) 
     for protocol in rocs:
         path = out / f"roc_{protocol.replace('-', '_')}.png"
         roc_figure(rocs[protocol], TITLES.get(protocol, protocol), path, _n_nonmembers(results))
+        figures[path.name] = path
+    if results.get("query_budget"):
+        path = out / "query_budget.png"
+        query_budget_figure(results, path)
         figures[path.name] = path
     path = out / "privacy_utility.png"
     privacy_utility_figure(results, path)
@@ -90,39 +95,70 @@ def roc_figure(
     plt.close(fig)
 
 
+def query_budget_figure(results: dict[str, Any], path: Path) -> None:
+    """Worst-case AUC (with its interval) against N answers per row, a line per defense;
+    dashed: the undefended worst case; dotted: the label-only floor."""
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    colours = plt.get_cmap("tab10")
+    by_defense: dict[str, list[dict[str, Any]]] = {}
+    for row in results["query_budget"]:
+        by_defense.setdefault(row["defense"], []).append(row)
+    for i, (defense, rows) in enumerate(by_defense.items()):
+        rows.sort(key=lambda r: r["queries"])
+        n = np.array([r["queries"] for r in rows], dtype=float)
+        auc = np.array([r["auc"] for r in rows])
+        low = np.array([r["auc_ci"][0] for r in rows])
+        high = np.array([r["auc_ci"][1] for r in rows])
+        colour = colours(i % 10)
+        ax.plot(n, auc, "o-", color=colour, label=defense)
+        ax.fill_between(n, low, high, color=colour, alpha=0.15)
+    undefended = results["worst_case"].get("no_defense", {}).get("defense-aware")
+    if undefended:
+        ax.axhline(undefended["auc"], color="black", ls="--", lw=1, label="no_defense")
+    for name, floor in (results.get("label_only") or {}).items():
+        ax.axhline(floor["auc"], color="grey", ls=":", lw=1, label=f"label-only ({name})")
+    ax.axhline(0.5, color="grey", lw=0.6)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(
+        FixedLocator(sorted({r["queries"] for r in results["query_budget"]}))
+    )
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set(xlabel="answers per row (N)", ylabel="worst-case AUC", title="Query budget")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.13)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 def privacy_utility_figure(results: dict[str, Any], path: Path) -> None:
-    """Accuracy drop vs best score-based attack AUC (filled) and label-only AUC (hollow)."""
-    protocols = [p for p in TITLES if p in next(iter(results["results"].values()))]
+    """Accuracy drop vs worst-case AUC with its interval; dotted: the label-only floor."""
+    protocols = [p for p in TITLES if any(p in w for w in results["worst_case"].values())]
     fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 4.4), squeeze=False)
     base = results["utility"]["no_defense"]["accuracy"]
     colours = plt.get_cmap("tab10")
     for ax, protocol in zip(axes[0], protocols, strict=True):
-        for i, (defense, by_protocol) in enumerate(results["results"].items()):
-            block = by_protocol[protocol]
+        for i, (defense, by_protocol) in enumerate(results["worst_case"].items()):
+            worst = by_protocol[protocol]
             drop = base - results["utility"][defense]["accuracy"]
-            name, best = best_attack(block)
-            low, high = best["ci"]["auc"]
-            colour = colours(i % 10)
+            low, high = worst["auc_ci"]
             ax.errorbar(
                 drop,
-                best["auc"],
-                yerr=[[best["auc"] - low], [high - best["auc"]]],
+                worst["auc"],
+                yerr=[[worst["auc"] - low], [high - worst["auc"]]],
                 fmt="o",
-                color=colour,
+                color=colours(i % 10),
                 capsize=3,
-                label=f"{defense} ({name})",
+                label=f"{defense} ({worst['attack']})",
             )
-            ax.plot(drop, block["attacks"][FLOOR]["auc"], "o", mfc="none", color=colour)
+        for floor in (results.get("label_only") or {}).values():
+            ax.axhline(floor["auc"], color="grey", lw=0.8, ls=":")
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
-        ax.set(
-            xlabel="accuracy drop (test set)",
-            ylabel="best attack AUC",
-            title=TITLES[protocol],
-        )
-        ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Privacy vs utility (hollow: label-only floor; dashed: chance)")
+        ax.set(xlabel="accuracy drop (test set)", ylabel="worst-case AUC", title=TITLES[protocol])
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle("Privacy vs utility (dotted: label-only floor; dashed: chance)")
     fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.13, wspace=0.25)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -12,55 +12,54 @@ from __future__ import annotations
 import json
 import platform
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..defense import DefenseParams
 from ..runtime import OnnxClassifier
-from .attacks import PAPER_ATTACK_NAMES
-from .datasets import load_dataset
-from .defenses import (
-    BASELINE,
-    DEFENSE_NAMES,
-    AuditedDefense,
-    build_defenses,
-    mean_sensitivity,
-    served_defense,
-)
-from .midput import midput, midput_table
-from .oracle import Endpoint, HttpOracle, InProcessOracle, Oracle
-from .protocol import PROTOCOLS, AttackResult, EvalSet, defense_aware_protocol, paper_protocol
-from .shadows import rows_of, stable_rng, train_shadows
-from .splits import Split
+from .attacks.adaptive import QUERY_BUDGETS
+from .datasets import Dataset, load_dataset
+from .defenses import BASELINE, DEFENSE_NAMES, DefenseFactory, mean_sensitivity
+from .evaluation import audit_oracle, run_adaptive_protocol, run_paper_protocol
+from .oracle import Endpoint, HttpOracle
+from .protocol import PROTOCOLS
+from .shadows import rows_of
+from .splits import Split, check_disjoint
 from .training import RECIPES, Recipe, train_and_export
 from .utility import utility_report
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """What to audit and how hard. None means: take the data set's training recipe."""
+    """What to audit and how hard. None means: take the data set's training recipe.
+
+    ``population``: models of the leave-one-out design (None: enough for 10,000
+    member pairs in process, 64 shadows against a live deployment); ``repeats``:
+    server noise draws, keyed secrets and attacker seeds every figure is repeated
+    over; ``budgets``: answers per row of the adaptive attacker.
+    """
 
     dataset: str = "digits"
     protocols: tuple[str, ...] = PROTOCOLS
     defenses: tuple[str, ...] = DEFENSE_NAMES
     params: DefenseParams = field(default_factory=DefenseParams)
     seed: int = 0
-    n_shadows: int = 16
+    population: int | None = None
     n_paper_shadows: int = 3
-    n_queries: int = 16
+    repeats: int = 5
+    budgets: tuple[int, ...] = QUERY_BUDGETS
     n_bootstrap: int = 200
     max_members: int | None = None
     epochs: int | None = None
     dataset_options: dict[str, Any] = field(default_factory=dict)
     data_dir: Path | None = None
+    label_only: bool = True
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.protocols) - set(PROTOCOLS))
@@ -68,9 +67,12 @@ class AuditConfig:
             raise ValueError(
                 f"protocols must be among {list(PROTOCOLS)}, got {list(self.protocols)}"
             )
-        # Carlini LiRA estimates a variance from each row's in and out shadows: >= 2 each.
-        if self.n_shadows < 4 or self.n_paper_shadows < 1 or self.n_queries < 1:
-            raise ValueError("need n_shadows >= 4, n_paper_shadows >= 1 and n_queries >= 1")
+        if self.population is not None and (self.population < 4 or self.population % 2):
+            raise ValueError("population must be an even number of models, at least 4")
+        if self.n_paper_shadows < 1 or self.repeats < 1 or not self.budgets:
+            raise ValueError("need n_paper_shadows >= 1, repeats >= 1 and at least one budget")
+        if min(self.budgets) < 1:
+            raise ValueError("query budgets must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def run_audit(
     progress: bool = True,
     command: str = "",
 ) -> AuditOutcome:
-    """Train (or load) the target and the shadows, then attack every defense.
+    """Train (or load) the target and the attacker's models, then attack every defense.
 
     With ``model_dir`` the target is that exported model (its manifest holds the
     split and the training recipe); otherwise one is trained on ``config.dataset``.
@@ -131,184 +133,131 @@ def _train_target(config: AuditConfig, model_dir: Path, progress: bool) -> None:
     )
 
 
-def _audit(
-    config: AuditConfig, model_dir: Path, http: HttpTarget | None, progress: bool, command: str
-) -> AuditOutcome:
+@dataclass(frozen=True, eq=False)
+class _Target:
+    """The audited model and what the auditor knows of it (manifest, data, split)."""
+
+    manifest: dict[str, Any]
+    dataset: Dataset
+    options: dict[str, Any]
+    split: Split
+    recipe: Recipe
+    model: OnnxClassifier
+
+
+def load_target(config: AuditConfig, model_dir: Path) -> _Target:
+    """The model and its data, with the split checked against the data at run time."""
     manifest = json.loads((model_dir / "manifest.json").read_text())
     trained_on = manifest.get("trained_on", {})
     dataset_name = trained_on.get("dataset", config.dataset)
     options = {**trained_on.get("options", {}), **config.dataset_options}
     dataset = load_dataset(dataset_name, data_dir=config.data_dir, **options)
+    expected = trained_on.get("n_samples")
+    if expected is not None and int(expected) != len(dataset):
+        raise ValueError(
+            f"the manifest says the model was trained on {expected} rows of {dataset_name}, "
+            f"the data set loaded here has {len(dataset)}: not the same data"
+        )
     split = Split.from_manifest(manifest["split"])
-    recipe = _recipe(manifest, dataset_name, config.epochs)
-    model = OnnxClassifier.load(model_dir)
-
-    eval_rows = np.concatenate([split.eval_members, split.eval_nonmembers])
-    eval_set = EvalSet(
-        rows_of(dataset, eval_rows),
-        np.r_[np.ones(len(split.eval_members), bool), np.zeros(len(split.eval_nonmembers), bool)],
-    )
-    test = rows_of(dataset, split.test)
-    shadows = train_shadows(
+    check_disjoint(split, len(dataset))
+    return _Target(
+        manifest,
         dataset,
+        options,
         split,
-        eval_rows,
-        recipe,
-        seed=config.seed,
-        n_paper_shadows=config.n_paper_shadows,
-        n_shadows=config.n_shadows,
-        progress=progress,
+        _recipe(manifest, dataset_name, config.epochs),
+        OnnxClassifier.load(model_dir),
     )
 
-    # The static Gaussian baseline matches DynaNoise's noise at the mean R on the test set.
+
+def _audit(
+    config: AuditConfig, model_dir: Path, http: HttpTarget | None, progress: bool, command: str
+) -> AuditOutcome:
+    target = load_target(config, model_dir)
+    dataset, split, model = target.dataset, target.split, target.model
+    test = rows_of(dataset, split.test)
     clean_logits = model.logits(model.validate(test.x))
-    defenses: list[AuditedDefense] = build_defenses(
-        [BASELINE, *config.defenses],
-        params=config.params,
-        average_sensitivity=mean_sensitivity(clean_logits, config.params),
-        secret=stable_rng(config.seed, "server secret").bytes(32),
-        model_id=model.model_id,
+    factory = DefenseFactory(
+        (BASELINE, *config.defenses),
+        config.params,
+        mean_sensitivity(clean_logits, config.params),
+        model.model_id,
+        config.seed,
+        http.params if http is not None else None,
     )
-    if http is not None:
-        defenses.append(served_defense(http.params))
-
-    utility: dict[str, dict[str, float]] = {}
-    per_defense: dict[str, dict[str, dict[str, AttackResult]]] = {}
-    bar = tqdm(defenses, desc="audit", unit="defense", disable=not progress)
-    for defense in bar:
-        bar.set_postfix_str(defense.name)
-        oracle = _oracle(model, defense, http, stable_rng(config.seed, "server", defense.name))
-        try:
-            target_probs = oracle.query(eval_set.rows.x)
-            utility[defense.name] = utility_report(oracle.query(test.x), test.y)
-            per_defense[defense.name] = {}
-            if "paper" in config.protocols:
-                bar.set_postfix_str(f"{defense.name}: paper")
-                per_defense[defense.name]["paper"] = paper_protocol(
-                    shadows,
-                    target_probs,
-                    eval_set,
-                    seed=config.seed,
-                    n_bootstrap=config.n_bootstrap,
-                )
-            if "defense-aware" in config.protocols:
-                per_defense[defense.name]["defense-aware"] = defense_aware_protocol(
-                    shadows,
-                    defense,
-                    oracle.query,
-                    target_probs,
-                    eval_set,
-                    seed=config.seed,
-                    n_queries=config.n_queries,
-                    n_bootstrap=config.n_bootstrap,
-                    progress=_stage_reporter(bar, defense.name),
-                )
-        finally:
-            if isinstance(oracle, HttpOracle):
-                oracle.close()
-
-    results = {
+    results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "command": command,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
-        "config": _config_record(config, recipe),
+        "config": _config_record(config, target.recipe),
         "dataset": {
             "name": dataset.name,
             "n_samples": len(dataset),
             "n_classes": dataset.n_classes,
             "description": dataset.description,
-            "options": options,
+            "options": target.options,
         },
-        "split": {
-            "seed": split.seed,
-            "hash": split.split_hash,
-            "sizes": {
-                "members": len(split.target_members),
-                "non_members": len(split.target_nonmembers),
-                "shadow_in": len(split.shadow_in),
-                "shadow_out": len(split.shadow_out),
-                "test": len(split.test),
-                "eval_members": len(split.eval_members),
-                "eval_non_members": len(split.eval_nonmembers),
-                "shadow_train": len(shadows.shadow_in.y),
-                "lira_pool": len(shadows.pool.y),
-            },
-        },
-        "target": _target_record(manifest, model.model_id, http),
+        "split": _split_record(split),
+        "target": _target_record(target.manifest, model.model_id, http),
         "defenses": {
-            d.name: {"description": d.description, "parameters": d.parameters()} for d in defenses
+            d.name: {"description": d.description, "parameters": d.parameters()}
+            for d in factory.all(0)
         },
-        "utility": utility,
-        "results": assemble(per_defense, utility),
+        "results": {name: {} for name in factory.names},
+        "worst_case": {name: {} for name in factory.names},
     }
-    rocs = {
-        protocol: {
-            name: {
-                attack: (r.fpr.tolist(), r.tpr.tolist())
-                for attack, r in by_protocol[protocol].items()
-            }
-            for name, by_protocol in per_defense.items()
-        }
-        for protocol in config.protocols
-    }
+    rocs: dict[str, Any] = {}
+    if "paper" in config.protocols:
+        paper = run_paper_protocol(config, target, factory, http, progress)
+        results["utility"] = paper.utility
+        for name, block in paper.blocks.items():
+            results["results"][name]["paper"] = block
+            results["worst_case"][name]["paper"] = paper.worst_case[name]
+        results["split"]["sizes"]["shadow_train"] = paper.shadow_rows
+        rocs["paper"] = paper.rocs
+    else:
+        results["utility"] = _utility_once(target, factory, http)
+    if "defense-aware" in config.protocols:
+        aware = run_adaptive_protocol(config, target, factory, http, progress)
+        for name, block in aware.blocks.items():
+            results["results"][name]["defense-aware"] = block
+            results["worst_case"][name]["defense-aware"] = block["worst_case"]
+        results["query_budget"] = aware.query_budget
+        results["evaluation"] = aware.evaluation
+        results["label_only"] = aware.label_only
     return AuditOutcome(results, rocs)
 
 
-def _stage_reporter(bar: Any, name: str) -> Callable[[str], None]:
-    def tell(stage: str) -> None:
-        bar.set_postfix_str(f"{name}: {stage}")
-
-    return tell
-
-
-def assemble(
-    per_defense: dict[str, dict[str, dict[str, AttackResult]]],
-    utility: dict[str, dict[str, float]],
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """results[defense][protocol] = {attacks, acc_drop, improvement, put, midput}.
-
-    MIDPUT per spec section 2, against no_defense under the same protocol: PUT for
-    every attack, MIDPUT the mean over the paper's six (conf, loss, shadow, lira,
-    entropy, mentr).
-    """
-    base = per_defense[BASELINE]
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, by_protocol in per_defense.items():
-        out[name] = {}
-        for protocol, attacks in by_protocol.items():
-            table = midput_table(
-                utility[BASELINE]["accuracy"],
-                utility[name]["accuracy"],
-                {a: r.report["accuracy"] for a, r in base[protocol].items()},
-                {a: r.report["accuracy"] for a, r in attacks.items()},
-            )
-            six = {a: table.puts[a] for a in PAPER_ATTACK_NAMES if a in table.puts}
-            out[name][protocol] = {
-                "attacks": {a: r.report for a, r in attacks.items()},
-                "acc_drop": table.acc_drop,
-                "improvement": table.improvements,
-                "put": table.puts,
-                "midput": midput(six),
-            }
+def _utility_once(
+    target: _Target, factory: DefenseFactory, http: HttpTarget | None
+) -> dict[str, dict[str, float]]:
+    test = rows_of(target.dataset, target.split.test)
+    out = {}
+    for name in factory.names:
+        oracle = audit_oracle(factory, name, 0, target, http, 0)
+        try:
+            out[name] = utility_report(oracle.query(test.x), test.y)
+        finally:
+            if isinstance(oracle, HttpOracle):
+                oracle.close()
     return out
 
 
-def _oracle(
-    model: OnnxClassifier,
-    defense: AuditedDefense,
-    http: HttpTarget | None,
-    rng: np.random.Generator,
-) -> Oracle:
-    if http is not None and defense.name == "served":
-        return HttpOracle(
-            http.base_url,
-            http.api_key,
-            http.model,
-            endpoint=http.endpoint,
-            batch_size=http.batch_size,
-        )
-    return InProcessOracle(model, defense, rng)
+def _split_record(split: Split) -> dict[str, Any]:
+    return {
+        "seed": split.seed,
+        "hash": split.split_hash,
+        "sizes": {
+            "members": len(split.target_members),
+            "non_members": len(split.target_nonmembers),
+            "shadow_in": len(split.shadow_in),
+            "shadow_out": len(split.shadow_out),
+            "test": len(split.test),
+            "eval_members": len(split.eval_members),
+            "eval_non_members": len(split.eval_nonmembers),
+        },
+    }
 
 
 def _recipe(manifest: dict[str, Any], dataset: str, epochs: int | None) -> Recipe:

@@ -13,8 +13,16 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from sklearn import metrics
 
+MIN_FALSE_POSITIVES = 10
+"""TPR at FPR f is reported only with at least MIN_FALSE_POSITIVES / f non-members."""
+
 REPORT_KEYS = ("accuracy", "balanced_accuracy", "auc", "tpr_at_0.1pct_fpr", "tpr_at_1pct_fpr")
 """Keys of :func:`attack_report` (and of its ``ci`` entry), in order."""
+
+
+def tpr_supported(n_nonmembers: int, fpr: float) -> bool:
+    """Whether n_nonmembers >= 10 / fpr, the rule for reporting TPR at ``fpr``."""
+    return n_nonmembers * fpr >= MIN_FALSE_POSITIVES - 1e-9
 
 
 def _check(
@@ -57,7 +65,7 @@ def _count_matrix(index: NDArray[np.intp], n_bins: int) -> NDArray[np.float64]:
     )
 
 
-def _auc_and_tprs(
+def auc_and_tprs(
     member_counts: NDArray[np.float64],
     nonmember_counts: NDArray[np.float64],
     fprs: tuple[float, ...],
@@ -101,7 +109,7 @@ def tpr_at_fpr(scores: ArrayLike, is_member: ArrayLike, fpr: float) -> float:
         raise ValueError("fpr must lie in [0, 1]")
     s, m = _check(scores, is_member)
     index, n_distinct = _distinct_score_index(s)
-    _, (tpr,) = _auc_and_tprs(
+    _, (tpr,) = auc_and_tprs(
         _count_matrix(index[m][None, :], n_distinct),
         _count_matrix(index[~m][None, :], n_distinct),
         (fpr,),
@@ -118,6 +126,9 @@ def attack_report(
     n_bootstrap: int = 200,
 ) -> dict[str, Any]:
     """Accuracy, balanced accuracy, AUC and TPR at 0.1 % / 1 % FPR, with 95 % intervals.
+
+    TPR at an FPR f is None (interval too) unless there are >= 10 / f non-members;
+    ``one_class`` flags an attack whose decision is the same for every row.
 
     ``predictions`` is the attack's own decision (for the accuracies), ``scores`` its
     ranking (for AUC and TPR at FPR). ``ci`` maps each key to [low, high], the 2.5th
@@ -142,7 +153,7 @@ def attack_report(
     tnr_rate = (~pred[nonmembers])[rows_out].mean(axis=1)
     n_total = members.size + nonmembers.size
     accuracy = (tpr_rate * members.size + tnr_rate * nonmembers.size) / n_total
-    auc, (tpr_01, tpr_1) = _auc_and_tprs(
+    auc, (tpr_01, tpr_1) = auc_and_tprs(
         _count_matrix(index[members][rows_in], n_distinct),
         _count_matrix(index[nonmembers][rows_out], n_distinct),
         (0.001, 0.01),
@@ -154,4 +165,12 @@ def attack_report(
     report["ci"] = {
         key: [float(x) for x in np.percentile(v[1:], [2.5, 97.5])] for key, v in values.items()
     }
+    # The TPR rule (service.audit.statistics): at least 10 / FPR non-members, else null.
+    for key, fpr in (("tpr_at_0.1pct_fpr", 0.001), ("tpr_at_1pct_fpr", 0.01)):
+        if not tpr_supported(nonmembers.size, fpr):
+            report[key] = None
+            report["ci"][key] = None
+    report["n_members"] = int(members.size)
+    report["n_non_members"] = int(nonmembers.size)
+    report["one_class"] = bool(pred.all() or not pred.any())
     return report

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-QUICK = {"n_shadows": 4, "n_queries": 4, "n_bootstrap": 50}
+QUICK = {"population": 8, "repeats": 2, "budgets": (1, 4), "n_bootstrap": 50}
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,16 +39,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--params", help="DynaNoise parameters, e.g. base_variance=0.3,temperature=10")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shadows", type=int, default=16, help="shadow models for Carlini LiRA")
+    p.add_argument(
+        "--population",
+        type=int,
+        help="models of the leave-one-out design, even (default: enough for 10,000 member "
+        "pairs in process; 64 shadows with --endpoint)",
+    )
     p.add_argument("--paper-shadows", type=int, default=3, help="shadows for the paper's LiRA")
-    p.add_argument("--queries", type=int, default=16, help="repeated queries averaged")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="repeats over server noise, keyed secrets and attacker seeds (intervals)",
+    )
+    p.add_argument(
+        "--budgets",
+        default="1,4,16,64",
+        help="answers per row the adaptive attacker may ask, comma-separated",
+    )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
+    p.add_argument(
+        "--no-label-only", action="store_true", help="skip the boundary-distance label attack"
+    )
     p.add_argument("--max-members", type=int, help="cap the target's training set")
     p.add_argument("--epochs", type=int, help="training epochs (target and shadows)")
     p.add_argument("--data-dir", type=Path, help="local copy of cifar10, imagenet10 or sst2")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument(
-        "--quick", action="store_true", help="smoke run: 4 shadows, 4 queries, 50 resamples"
+        "--quick",
+        action="store_true",
+        help="smoke run: 8 models, 2 repeats, budgets 1 and 4, 50 resamples",
+    )
+    gate = p.add_argument_group("gate: exit 1 when a worst case exceeds a bound")
+    gate.add_argument("--max-auc", type=float, help="bound on the worst-case AUC")
+    gate.add_argument(
+        "--max-tpr-at-1pct-fpr", type=float, help="bound on the worst-case TPR at 1 %% FPR"
     )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -80,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch
 
+        from ..audit.gate import describe, gate_verdict
         from ..audit.report import write_report
         from ..audit.runner import AuditConfig, HttpTarget, run_audit
     except ModuleNotFoundError as exc:
@@ -100,6 +126,14 @@ def run(args: argparse.Namespace) -> int:
             command=_command(args),
         )
         outcome.results["elapsed_seconds"] = round(time.monotonic() - started, 1)
+        verdict = None
+        if args.max_auc is not None or args.max_tpr_at_1pct_fpr is not None:
+            verdict = gate_verdict(
+                outcome.results,
+                max_auc=args.max_auc,
+                max_tpr_at_1pct_fpr=args.max_tpr_at_1pct_fpr,
+            )
+            outcome.results["gate"] = verdict
         paths = write_report(outcome.results, outcome.rocs, args.out, plots=not args.no_plots)
     except (FileNotFoundError, ValueError) as exc:
         print(f"dynanoise audit: {exc}", file=sys.stderr)
@@ -108,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {', '.join(str(p) for p in paths.values())} "
         f"in {outcome.results['elapsed_seconds']} s"
     )
+    if verdict is not None:
+        for violation in verdict["violations"]:
+            print(f"gate: FAIL {describe(violation)}", file=sys.stderr)
+        if not verdict["passed"]:
+            return 1
+        print("gate: passed")
     return 0
 
 
@@ -138,10 +178,12 @@ def _plan(
         defenses=split_names(args.defenses) if args.defenses else tuple(default_defenses),
         params=parse_params(args.params),
         seed=args.seed,
-        n_shadows=args.shadows,
+        population=args.population,
         n_paper_shadows=args.paper_shadows,
-        n_queries=args.queries,
+        repeats=args.repeats,
+        budgets=tuple(int(b) for b in args.budgets.split(",") if b.strip()),
         n_bootstrap=args.bootstrap,
+        label_only=not args.no_label_only,
         max_members=args.max_members,
         epochs=args.epochs,
         data_dir=args.data_dir,

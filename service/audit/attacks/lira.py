@@ -197,3 +197,74 @@ def lira_offline(
         shadows, ~mask, global_variance=global_variance, min_std=min_std
     )
     return np.asarray(-log_ndtr(-(target - mu_out) / s_out), dtype=np.float64)
+
+
+def _leave_one_out_moments(
+    phi: FloatArray, seen: NDArray[np.bool_], exclude: NDArray[np.intp]
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per (target, example): count, mean and sum of squared deviations of the shadow
+    phi where ``seen``, leaving out shadow exclude[t] (when >= 0)."""
+    w = seen.astype(np.float64)
+    count = np.broadcast_to(w.sum(axis=0), (exclude.size, phi.shape[1])).copy()
+    total = np.broadcast_to((w * phi).sum(axis=0), count.shape).copy()
+    squares = np.broadcast_to((w * phi * phi).sum(axis=0), count.shape).copy()
+    own = exclude >= 0
+    if own.any():
+        rows = exclude[own]
+        count[own] -= w[rows]
+        total[own] -= w[rows] * phi[rows]
+        squares[own] -= w[rows] * phi[rows] ** 2
+    mean = total / np.maximum(count, 1.0)
+    deviations = np.maximum(squares - count * mean * mean, 0.0)
+    return count, mean, deviations
+
+
+def _loo_gaussians(
+    phi: FloatArray,
+    seen: NDArray[np.bool_],
+    exclude: NDArray[np.intp],
+    global_variance: bool,
+    min_std: float,
+) -> tuple[FloatArray, FloatArray]:
+    count, mean, deviations = _leave_one_out_moments(phi, seen, exclude)
+    if (count < 1).any():
+        raise ValueError("every example needs at least one shadow on each side")
+    pooled = np.sqrt(deviations.sum(axis=1, keepdims=True) / (count - 1).sum(axis=1, keepdims=True))
+    if global_variance:
+        std = np.broadcast_to(pooled, mean.shape)
+    else:
+        std = np.where(count >= 2, np.sqrt(deviations / np.maximum(count - 1, 1)), pooled)
+    return mean, np.maximum(std, min_std)
+
+
+def lira_leave_one_out(
+    target_phi: ArrayLike,
+    shadow_phi: ArrayLike,
+    shadow_in_mask: ArrayLike,
+    exclude: ArrayLike,
+    *,
+    global_variance: bool = False,
+    min_std: float = DEFAULT_MIN_STD,
+) -> tuple[FloatArray, FloatArray]:
+    """Online and offline LiRA for many targets at once, (T, P) each.
+
+    target_phi (T, P): each target's phi on the P rows; shadow_phi and shadow_in_mask
+    (K, P): the attacker's shadows. Target t's Gaussians leave out shadow exclude[t]
+    (the target itself in the leave-one-out design; -1 for an outside target).
+    Same formulas as :func:`lira_online` and :func:`lira_offline`.
+    """
+    target = np.atleast_2d(np.asarray(target_phi, dtype=np.float64))
+    shadows = np.asarray(shadow_phi, dtype=np.float64)
+    mask = np.asarray(shadow_in_mask, dtype=bool)
+    skip = np.asarray(exclude, dtype=np.intp).reshape(-1)
+    if shadows.ndim != 2 or mask.shape != shadows.shape:
+        raise ValueError("shadow_phi and shadow_in_mask must share a (n_shadows, n_examples) shape")
+    if target.shape != (skip.size, shadows.shape[1]):
+        raise ValueError("target_phi must be (n_targets, n_examples) with one exclude per target")
+    if skip.max(initial=-1) >= shadows.shape[0]:
+        raise ValueError("exclude indexes a shadow that does not exist")
+    mu_in, s_in = _loo_gaussians(shadows, mask, skip, global_variance, min_std)
+    mu_out, s_out = _loo_gaussians(shadows, ~mask, skip, global_variance, min_std)
+    online = gaussian_log_pdf(target, mu_in, s_in) - gaussian_log_pdf(target, mu_out, s_out)
+    offline = np.asarray(-log_ndtr(-(target - mu_out) / s_out), dtype=np.float64)
+    return online, offline
