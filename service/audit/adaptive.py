@@ -150,19 +150,10 @@ class Targets:
         )
 
     def label_oracles(self) -> list[Callable[[NDArray[Any]], NDArray[np.int64]]]:
-        """Label queries: the live target's defended labels, or a model's clean argmax."""
+        """Label queries to each in-process target: its clean top-1 label."""
         if self.oracle is not None:
-            oracle = self.oracle
-            return [lambda x: np.asarray(oracle.query(x).argmax(axis=1), dtype=np.int64)]
+            raise ValueError("the label-only floor runs on in-process targets")
         return [m.labels for m in self.models]
-
-
-@dataclass
-class AdaptiveOutcome:
-    """Per defense: metrics of every (scorer, mode, queries), and the query counts."""
-
-    attacks: dict[str, dict[str, Any]]
-    label_only: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def cache_population(population: Population, queries: QuerySet) -> list[CachedModel]:
@@ -203,6 +194,7 @@ def attack_defense(
     repeats: int,
     budgets: Sequence[int] = QUERY_BUDGETS,
     n_bootstrap: int = 200,
+    confidence: float = 0.95,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every adaptive attack on one defense, over ``repeats`` (server noise or key,
@@ -228,7 +220,11 @@ def attack_defense(
             "mode": key[1],
             "queries": key[2],
             **repeated_attack_metrics(
-                np.stack(values), targets.is_member, rng=metrics_rng, n_bootstrap=n_bootstrap
+                np.stack(values),
+                targets.is_member,
+                rng=metrics_rng,
+                n_bootstrap=n_bootstrap,
+                confidence=confidence,
             ),
         }
         for key, values in collected.items()
@@ -238,6 +234,22 @@ def attack_defense(
 def attack_name(key: AttackKey) -> str:
     scorer, mode, n = key
     return f"{scorer}/{mode}/{n}"
+
+
+def attacker_copies(
+    server: AuditedDefense, model_ids: Sequence[str], *, seed: int, repeat: int
+) -> list[AuditedDefense]:
+    """The attacker's copy of ``server`` for each shadow model: same mechanism and
+    parameters, and for keyed noise an independent key per shadow (one key shared by
+    every shadow would give an example the same noise in all of them, and the
+    per-example Gaussians would leave the noise out)."""
+    return [
+        with_model_id(
+            server.for_attacker(stable_rng(seed, "attacker key", server.name, str(repeat), str(j))),
+            model_id,
+        )
+        for j, model_id in enumerate(model_ids)
+    ]
 
 
 def _one_repeat(
@@ -252,16 +264,10 @@ def _one_repeat(
     repeat: int,
 ) -> dict[AttackKey, FloatArray]:
     n_max = max(budgets)
-    modes = MODES if len(budgets) > 1 else ("repeat",)
+    modes = MODES if n_max > 1 else ("repeat",)
     attacker_rng = stable_rng(seed, "attacker noise", server.name, str(repeat))
     server_rng = stable_rng(seed, "server noise", server.name, str(repeat))
-    mimics = [
-        with_model_id(
-            server.for_attacker(stable_rng(seed, "attacker key", server.name, str(repeat), str(j))),
-            shadow.model_id,
-        )
-        for j, shadow in enumerate(shadows)
-    ]
+    mimics = attacker_copies(server, [s.model_id for s in shadows], seed=seed, repeat=repeat)
     scores: dict[AttackKey, FloatArray] = {}
     temperature = server.temperature
     y = queries.y
@@ -330,7 +336,7 @@ def _averaged_scores(
     for n in budgets:
         scores.update(_logit_scores(target_logits[n], y, mode, n))
         scores.update(
-            _reference_scores(
+            reference_scores(
                 target_logits[n], shadow_logits[n], shadow_in_mask, exclude, y, mode, n
             )
         )
@@ -342,8 +348,9 @@ def _averaged_scores(
                 np.log(spread_t + 1e-12),
                 np.log(spread_s + 1e-12),
                 shadow_in_mask,
-                exclude,
-                global_variance=len(shadow_answers) < LIRA_GLOBAL_VARIANCE_BELOW,
+                balanced_exclusions(exclude),
+                global_variance=_shadows_per_target(len(shadow_answers), exclude)
+                < LIRA_GLOBAL_VARIANCE_BELOW,
             )
             scores[("spread_lira", mode, n)] = online
     return scores
@@ -367,6 +374,10 @@ def _logit_scores(
     }
 
 
+def _shadows_per_target(n_shadows: int, exclude: NDArray[np.intp]) -> int:
+    return n_shadows - 2 * int((exclude >= 0).any())
+
+
 def logit_margin(logits: FloatArray, y: NDArray[np.int64]) -> FloatArray:
     """phi = z_y - logsumexp_{i != y} z_i (= log p_y - log(1 - p_y) at T = 1), (..., P)."""
     z = np.asarray(logits, dtype=np.float64)
@@ -377,7 +388,7 @@ def logit_margin(logits: FloatArray, y: NDArray[np.int64]) -> FloatArray:
     return np.asarray(true - logsumexp(others, axis=-1), dtype=np.float64)
 
 
-def _reference_scores(
+def reference_scores(
     target_logits: FloatArray,
     shadow_logits: FloatArray,
     shadow_in_mask: NDArray[np.bool_],
@@ -392,14 +403,16 @@ def _reference_scores(
         phi_t,
         phi_s,
         shadow_in_mask,
-        exclude,
-        global_variance=len(shadow_logits) < LIRA_GLOBAL_VARIANCE_BELOW,
+        balanced_exclusions(exclude),
+        global_variance=_shadows_per_target(len(shadow_logits), exclude)
+        < LIRA_GLOBAL_VARIANCE_BELOW,
     )
     p_t = _true_probability(target_logits, y)
     p_s = _true_probability(shadow_logits, y)
     rmia = np.empty_like(p_t)
-    for t, own in enumerate(exclude):
-        keep = np.arange(len(p_s)) != own
+    for t, left_out in enumerate(balanced_exclusions(exclude)):
+        keep = np.ones(len(p_s), dtype=bool)
+        keep[left_out[left_out >= 0]] = False
         rmia[t] = rmia_scores(
             p_t[t], p_s[keep], shadow_in_mask[keep], p_t[t], p_s[keep], shadow_in_mask[keep]
         )
@@ -408,6 +421,17 @@ def _reference_scores(
         ("lira_offline", mode, n): offline,
         ("rmia", mode, n): rmia,
     }
+
+
+def balanced_exclusions(exclude: NDArray[np.intp]) -> NDArray[np.intp]:
+    """(T, 2): the shadows each target's attacks leave out: the target itself and its
+    complementary partner (population models come in pairs 2i, 2i + 1); -1 for an
+    outside target. Leaving out the target alone would leave its members one IN
+    shadow short and its non-members one OUT shadow short: a difference the attacks
+    could read (RMIA's mean over references, LiRA's variance estimates) without
+    looking at the target at all. Without it every row has K/2 - 1 of each."""
+    own = np.asarray(exclude, dtype=np.intp)
+    return np.stack([own, np.where(own >= 0, own ^ 1, -1)], axis=1)
 
 
 def _true_probability(logits: FloatArray, y: NDArray[np.int64]) -> FloatArray:
@@ -453,7 +477,7 @@ def _differencing_scores(
             for s, m in zip(shadows, mimics, strict=True)
         ]
     )
-    return _reference_scores(
+    return reference_scores(
         target, shadow, shadow_in_mask, targets.exclude, queries.y, "parameter_change", 2
     )
 

@@ -208,8 +208,10 @@ def run_adaptive_protocol(
     dataset, split = target.dataset, target.split
     m = len(split.target_members)
     if http is None:
-        non_test = np.setdiff1d(np.arange(len(dataset), dtype=np.int64), split.test)
-        pool_rows = population_pool(non_test, m, stable_rng(config.seed, "population pool"))
+        # The population is separate from the paper's target: any row of the data set may
+        # be in its pool (the paper's test set included).
+        every_row = np.arange(len(dataset), dtype=np.int64)
+        pool_rows = population_pool(every_row, m, stable_rng(config.seed, "population pool"))
         size = config.population or default_population_size(m)
     else:
         pool_rows = endpoint_pool(split.target_members, split.target_nonmembers, config.seed)

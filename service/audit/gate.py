@@ -2,7 +2,9 @@
 
 The gated defenses are every audited one except the undefended baseline; for each,
 the defense-aware worst case is used when that protocol ran (it is the stronger
-attacker), else the paper protocol's. A bound is exceeded by the point estimate.
+attacker), else the paper protocol's. A bound is exceeded by the point estimate. A
+bound the evaluation cannot check (TPR at 1 % FPR with fewer than 1,000 non-member
+pairs) fails too: a gate that passes what it could not measure is no gate.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ def gate_verdict(
         worst = by_protocol[protocol]
         for metric, bound in bounds.items():
             value = worst.get(metric)
-            if bound is None or value is None or value <= bound:
+            if bound is None or (value is not None and value <= bound):
                 continue
             attack = worst["attack"] if metric == "auc" else worst["tpr_attack"]
+            if value is None:
+                attack = "none: too few non-member pairs to measure it"
             violations.append(
                 {
                     "defense": defense,
@@ -52,7 +56,9 @@ def gate_verdict(
 
 def describe(violation: dict[str, Any]) -> str:
     """One line for the terminal."""
+    value = violation["value"]
+    shown = "unmeasurable" if value is None else f"{value:.3g}"
     return (
         f"{violation['defense']} ({violation['protocol']}): {violation['metric']} "
-        f"{violation['value']:.3g} > {violation['bound']:g}, attack {violation['attack']}"
+        f"{shown} > {violation['bound']:g}, attack {violation['attack']}"
     )

@@ -34,6 +34,21 @@ class EvalSet:
     is_member: NDArray[np.bool_]
 
 
+class FittedOnEvaluationRows(ValueError):
+    """An attack was about to learn from rows it is evaluated on."""
+
+
+def refuse_overlap(shadows: ShadowLogits, eval_set: EvalSet) -> None:
+    """Raise unless the shadows' rows and the evaluation rows are disjoint."""
+    fitted = np.union1d(shadows.shadow_in.index, shadows.shadow_out.index)
+    shared = np.intersect1d(fitted, eval_set.rows.index)
+    if shared.size:
+        raise FittedOnEvaluationRows(
+            f"{shared.size} evaluation rows are among the shadows' training or calibration "
+            f"rows (e.g. row {int(shared[0])}): attacks are fitted on the attacker's rows only"
+        )
+
+
 @dataclass
 class AttackResult:
     """attack_report's numbers, the ROC curve, and the scores behind them."""
@@ -83,7 +98,12 @@ def paper_protocol(
     n_bootstrap: int = 200,
 ) -> dict[str, AttackResult]:
     """The paper's six attacks, fitted on undefended shadow outputs, plus the label-only
-    floor, all scored on the defended target's outputs ``target_probs``."""
+    floor, all scored on the defended target's outputs ``target_probs``.
+
+    Raises ``FittedOnEvaluationRows`` when a shadow row is an evaluation row: attacks
+    are only ever fitted on the attacker's own rows.
+    """
+    refuse_overlap(shadows, eval_set)
     y_in, y_out = shadows.shadow_in.y, shadows.shadow_out.y
     first_in = (no_defense(shadows.paper_in[0]), y_in)
     first_out = (no_defense(shadows.paper_out[0]), y_out)

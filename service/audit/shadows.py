@@ -28,10 +28,12 @@ def stable_rng(seed: int, *words: str) -> np.random.Generator:
 
 @dataclass(frozen=True, eq=False)
 class Rows:
-    """Inputs and true labels of some rows of the data set."""
+    """Inputs and true labels of some rows of the data set, and which rows they are
+    (``index``, the data set's row numbers: how the audit keeps fits off evaluation rows)."""
 
     x: NDArray[Any]
     y: NDArray[np.int64]
+    index: NDArray[np.int64]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,4 +81,5 @@ def train_shadows(
 
 def rows_of(dataset: Dataset, rows: NDArray[np.int64]) -> Rows:
     """Inputs and labels of the given data set rows."""
-    return Rows(np.ascontiguousarray(dataset.x[rows]), dataset.y[rows])
+    index = np.asarray(rows, dtype=np.int64)
+    return Rows(np.ascontiguousarray(dataset.x[index]), dataset.y[index], index)

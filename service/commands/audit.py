@@ -1,5 +1,8 @@
 """`dynanoise audit --dataset NAME --out DIR`: attack the defenses, write the report.
 
+Exit status: 0 done (and the gate, if any, passed), 1 the gate failed, 2 the audit
+could not run.
+
 In process (default): train a target on the paper's split and compare every
 defense under the paper and the defense-aware protocols. Black-box: with
 --endpoint, --api-key and --model, audit a live deployment over HTTP; the
@@ -14,11 +17,12 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-QUICK = {"population": 8, "repeats": 2, "budgets": (1, 4), "n_bootstrap": 50}
+FULL = {"population": None, "repeats": 5, "budgets": "1,4,16,64", "bootstrap": 200}
+QUICK = {"population": 8, "repeats": 2, "budgets": "1,4", "bootstrap": 50}
+"""--quick's values for the options a command line leaves out (given ones win)."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,15 +53,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--repeats",
         type=int,
-        default=5,
-        help="repeats over server noise, keyed secrets and attacker seeds (intervals)",
+        help="repeats over server noise, keyed secrets and attacker seeds (intervals; default 5)",
     )
     p.add_argument(
         "--budgets",
-        default="1,4,16,64",
-        help="answers per row the adaptive attacker may ask, comma-separated",
+        help="answers per row the adaptive attacker may ask, comma-separated (default 1,4,16,64)",
     )
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
+    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for the CIs (default 200)")
     p.add_argument(
         "--no-label-only", action="store_true", help="skip the boundary-distance label attack"
     )
@@ -68,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 8 models, 2 repeats, budgets 1 and 4, 50 resamples",
+        help="smoke run: 8 models, 2 repeats, budgets 1 and 4, 50 resamples (options "
+        "given explicitly win)",
     )
     gate = p.add_argument_group("gate: exit 1 when a worst case exceeds a bound")
     gate.add_argument("--max-auc", type=float, help="bound on the worst-case AUC")
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         paths = write_report(outcome.results, outcome.rocs, args.out, plots=not args.no_plots)
     except (FileNotFoundError, ValueError) as exc:
         print(f"dynanoise audit: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(
         f"wrote {', '.join(str(p) for p in paths.values())} "
         f"in {outcome.results['elapsed_seconds']} s"
@@ -172,24 +175,27 @@ def _plan(
             endpoint=args.api,
         )
         default_defenses = (BASELINE,)
+    defaults = QUICK if args.quick else FULL
+    chosen = {
+        key: getattr(args, key) if getattr(args, key) is not None else value
+        for key, value in defaults.items()
+    }
     config = config_type(
         dataset=args.dataset,
         protocols=protocols,
         defenses=split_names(args.defenses) if args.defenses else tuple(default_defenses),
         params=parse_params(args.params),
         seed=args.seed,
-        population=args.population,
+        population=chosen["population"],
         n_paper_shadows=args.paper_shadows,
-        repeats=args.repeats,
-        budgets=tuple(int(b) for b in args.budgets.split(",") if b.strip()),
-        n_bootstrap=args.bootstrap,
+        repeats=chosen["repeats"],
+        budgets=tuple(int(b) for b in str(chosen["budgets"]).split(",") if b.strip()),
+        n_bootstrap=chosen["bootstrap"],
         label_only=not args.no_label_only,
         max_members=args.max_members,
         epochs=args.epochs,
         data_dir=args.data_dir,
     )
-    if args.quick:
-        config = replace(config, **QUICK)
     return config, http, model_dir
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service.audit.protocol import attack_names
+from service.audit.protocol import PAPER_ATTACKS
 from service.audit.report import render, render_markdown
-from service.audit.scoring import REPORT_KEYS
 from service.cli import build_parser, main
 from service.commands.audit import _command
 
@@ -21,8 +20,8 @@ torch = pytest.importorskip("torch")
 DEFENSES = ("no_defense", "temperature_only", "dynanoise_keyed")
 ARGS = [
     "audit", "--dataset", "synthetic", "--defenses", ",".join(DEFENSES), "--epochs", "2",
-    "--shadows", "4", "--paper-shadows", "1", "--queries", "2", "--bootstrap", "10",
-    "--seed", "3", "--no-progress",
+    "--population", "4", "--paper-shadows", "1", "--repeats", "2", "--budgets", "1,2",
+    "--bootstrap", "10", "--seed", "3", "--no-progress", "--max-auc", "0.99",
 ]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -40,13 +39,21 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def test_results_json_holds_every_number_and_how_it_was_made(report_dir: Path) -> None:
     results = json.loads((report_dir / "results.json").read_text())
-    assert list(results["results"]) == list(DEFENSES)
+    assert list(results["results"]) == list(DEFENSES) == list(results["worst_case"])
     for by_protocol in results["results"].values():
-        for protocol, block in by_protocol.items():
-            assert list(block["attacks"]) == attack_names(protocol)
-            assert all(set(REPORT_KEYS) <= set(r) for r in block["attacks"].values())
-            assert set(block["put"]) == set(block["attacks"]) and "midput" in block
-    assert results["config"]["seed"] == 3 and results["config"]["n_shadows"] == 4
+        assert list(by_protocol["paper"]["attacks"]) == list(PAPER_ATTACKS)
+        assert "midput" in by_protocol["paper"] and "midput_ci" in by_protocol["paper"]
+        for block in by_protocol.values():
+            for report in block["attacks"].values():
+                assert {"auc", "auc_ci", "tpr_at_1pct_fpr", "scorer", "mode", "queries"} <= set(
+                    report
+                )
+    keyed = results["results"]["dynanoise_keyed"]["defense-aware"]["attacks"]
+    assert {"lira_online/near_duplicate/2", "rmia/repeat/1", "spread/near_duplicate/2"} & set(keyed)
+    assert {row["queries"] for row in results["query_budget"]} == {1, 2}
+    assert results["evaluation"]["targets"] == 4
+    assert results["gate"]["passed"] and results["gate"]["bounds"]["max_auc"] == 0.99
+    assert results["config"]["seed"] == 3 and results["config"]["population"] == 4
     assert len(results["split"]["hash"]) == 16
     assert {"numpy", "torch", "scikit-learn", "dynanoise"} <= set(results["versions"])
     assert results["command"].startswith("dynanoise audit --dataset synthetic --out ")
@@ -56,30 +63,54 @@ def test_results_json_holds_every_number_and_how_it_was_made(report_dir: Path) -
 def test_results_csv_has_one_row_per_defense_protocol_and_attack(report_dir: Path) -> None:
     with (report_dir / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
+    results = json.loads((report_dir / "results.json").read_text())
     expected = {
-        (d, p, a) for d in DEFENSES for p in ("paper", "defense-aware") for a in attack_names(p)
+        (d, p, a)
+        for d, by_protocol in results["results"].items()
+        for p, block in by_protocol.items()
+        for a in block["attacks"]
     }
     assert {(r["defense"], r["protocol"], r["attack"]) for r in rows} == expected
     assert len(rows) == len(expected)
-    results = json.loads((report_dir / "results.json").read_text())
     row = next(r for r in rows if (r["defense"], r["attack"]) == ("dynanoise_keyed", "conf"))
-    report = results["results"]["dynanoise_keyed"][row["protocol"]]["attacks"]["conf"]
+    report = results["results"]["dynanoise_keyed"]["paper"]["attacks"]["conf"]
     assert float(row["auc"]) == pytest.approx(report["auc"])
-    assert float(row["auc_ci_low"]) == pytest.approx(report["ci"]["auc"][0])
+    assert float(row["auc_ci_low"]) == pytest.approx(report["auc_ci"][0])
 
 
-def test_report_md_has_the_paper_table_shape_and_the_command(report_dir: Path) -> None:
+def test_report_md_leads_with_the_worst_case_then_the_paper_table(report_dir: Path) -> None:
     text = (report_dir / "report.md").read_text()
     results = json.loads((report_dir / "results.json").read_text())
     assert f"`{results['command']}`" in text
-    header = "| defense | acc | conf | loss | shadow | lira | entropy | mentr | label-only floor |"
-    assert header + " MIDPUT |" in text
-    assert "## Utility" in text and "## The label-only floor" in text
-    assert text.count("| dynanoise_keyed |") >= 6  # accuracy, AUC, TPR, utility, floor tables
-    for png in ("roc_paper.png", "roc_defense_aware.png", "privacy_utility.png"):
+    assert text.index("## Worst case over every attack") < text.index("## Paper protocol")
+    header = "| defense | acc | conf | loss | shadow | lira | entropy | mentr | label-only (gap) |"
+    assert header + " MIDPUT [95 % CI] |" in text
+    assert "## Query budget" in text and "## Utility" in text and "## Gate" in text
+    assert "n/a (too few non-members)" in text  # 4 x ~80 pairs back no TPR at 1 % FPR
+    for png in ("roc_paper.png", "query_budget.png", "privacy_utility.png"):
         data = (report_dir / png).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
         assert f"]({png})" in text
+
+
+def test_the_gate_fails_the_run_and_names_the_attack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [a if a != "0.99" else "0.5" for a in ARGS]
+    args = [
+        *args[: args.index("--defenses") + 1],
+        "dynanoise_fresh",
+        *args[args.index("--defenses") + 2 :],
+    ]
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "--no-plots", "--out", str(tmp_path)]) == 1
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "gate: FAIL dynanoise_fresh (defense-aware): auc" in err
+    verdict = json.loads((tmp_path / "results.json").read_text())["gate"]
+    assert not verdict["passed"] and verdict["violations"][0]["attack"] in err
 
 
 def test_report_renders_again_from_the_json_alone(report_dir: Path, tmp_path: Path) -> None:
@@ -101,5 +132,16 @@ def test_command_line_in_reports_never_holds_the_api_key() -> None:
 def test_endpoint_without_key_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["audit", "--out", str(tmp_path), "--endpoint", "http://127.0.0.1:9"]) == 1
+    assert main(["audit", "--out", str(tmp_path), "--endpoint", "http://127.0.0.1:9"]) == 2
     assert "--api-key" in capsys.readouterr().err
+
+
+def test_quick_fills_only_the_options_left_out() -> None:
+    from service.audit.runner import AuditConfig, HttpTarget
+    from service.commands.audit import _plan
+
+    args = build_parser().parse_args(["audit", "--out", "x", "--quick", "--repeats", "3"])
+    config, _, _ = _plan(args, AuditConfig, HttpTarget)
+    assert (config.repeats, config.population, config.budgets) == (3, 8, (1, 4))
+    full, _, _ = _plan(build_parser().parse_args(["audit", "--out", "x"]), AuditConfig, HttpTarget)
+    assert (full.repeats, full.population, full.budgets) == (5, None, (1, 4, 16, 64))

@@ -203,14 +203,15 @@ def _leave_one_out_moments(
     phi: FloatArray, seen: NDArray[np.bool_], exclude: NDArray[np.intp]
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per (target, example): count, mean and sum of squared deviations of the shadow
-    phi where ``seen``, leaving out shadow exclude[t] (when >= 0)."""
+    phi where ``seen``, leaving out the shadows exclude[t, :] (entries < 0: none)."""
     w = seen.astype(np.float64)
-    count = np.broadcast_to(w.sum(axis=0), (exclude.size, phi.shape[1])).copy()
-    total = np.broadcast_to((w * phi).sum(axis=0), count.shape).copy()
-    squares = np.broadcast_to((w * phi * phi).sum(axis=0), count.shape).copy()
-    own = exclude >= 0
-    if own.any():
-        rows = exclude[own]
+    shape = (exclude.shape[0], phi.shape[1])
+    count = np.broadcast_to(w.sum(axis=0), shape).copy()
+    total = np.broadcast_to((w * phi).sum(axis=0), shape).copy()
+    squares = np.broadcast_to((w * phi * phi).sum(axis=0), shape).copy()
+    for column in exclude.T:
+        own = column >= 0
+        rows = column[own]
         count[own] -= w[rows]
         total[own] -= w[rows] * phi[rows]
         squares[own] -= w[rows] * phi[rows] ** 2
@@ -249,17 +250,18 @@ def lira_leave_one_out(
     """Online and offline LiRA for many targets at once, (T, P) each.
 
     target_phi (T, P): each target's phi on the P rows; shadow_phi and shadow_in_mask
-    (K, P): the attacker's shadows. Target t's Gaussians leave out shadow exclude[t]
-    (the target itself in the leave-one-out design; -1 for an outside target).
-    Same formulas as :func:`lira_online` and :func:`lira_offline`.
+    (K, P): the attacker's shadows. Target t's Gaussians leave out the shadows
+    exclude[t] ((T,) or (T, E); -1 for none): the target itself in the leave-one-out
+    design. Same formulas as :func:`lira_online` and :func:`lira_offline`.
     """
     target = np.atleast_2d(np.asarray(target_phi, dtype=np.float64))
     shadows = np.asarray(shadow_phi, dtype=np.float64)
     mask = np.asarray(shadow_in_mask, dtype=bool)
-    skip = np.asarray(exclude, dtype=np.intp).reshape(-1)
+    skip = np.asarray(exclude, dtype=np.intp)
+    skip = skip.reshape(len(skip), -1) if skip.ndim else skip.reshape(1, 1)
     if shadows.ndim != 2 or mask.shape != shadows.shape:
         raise ValueError("shadow_phi and shadow_in_mask must share a (n_shadows, n_examples) shape")
-    if target.shape != (skip.size, shadows.shape[1]):
+    if target.shape != (skip.shape[0], shadows.shape[1]):
         raise ValueError("target_phi must be (n_targets, n_examples) with one exclude per target")
     if skip.max(initial=-1) >= shadows.shape[0]:
         raise ValueError("exclude indexes a shadow that does not exist")
