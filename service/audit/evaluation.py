@@ -214,7 +214,12 @@ def run_adaptive_protocol(
         pool_rows = population_pool(every_row, m, stable_rng(config.seed, "population pool"))
         size = config.population or default_population_size(m)
     else:
-        pool_rows = endpoint_pool(split.target_members, split.target_nonmembers, config.seed)
+        pool_rows = endpoint_pool(
+            split.target_members,
+            split.target_nonmembers,
+            config.seed,
+            others=np.arange(len(dataset), dtype=np.int64),
+        )
         size = config.population or ENDPOINT_POPULATION
     population = train_population(
         dataset, pool_rows, size, target.recipe, seed=config.seed, progress=progress

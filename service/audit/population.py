@@ -118,15 +118,24 @@ def population_pool(
 
 
 def endpoint_pool(
-    members: NDArray[np.int64], non_members: NDArray[np.int64], seed: int
+    members: NDArray[np.int64],
+    non_members: NDArray[np.int64],
+    seed: int,
+    others: NDArray[np.int64] | None = None,
 ) -> NDArray[np.int64]:
-    """A live target's m members and m of its non-members, in that order.
+    """A live target's m members and m rows it never trained on, in that order.
 
-    The non-members are ``permutation(sorted non_members)[:m]`` of a generator seeded
-    with ``seed``: an independent attack can pick the same rows.
+    The rows are ``permutation(sorted non_members)[:m]`` of a generator seeded with
+    ``seed`` (an independent attack can pick the same rows); when the target has fewer
+    than m non-members, rows of ``others`` (any other rows it never trained on, in a
+    permutation of the same generator) make up the rest.
     """
     m = len(members)
-    if len(non_members) < m:
-        raise ValueError(f"need {m} non-members beside {m} members, have {len(non_members)}")
-    chosen = np.random.default_rng(seed).permutation(np.sort(non_members))[:m]
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(np.sort(non_members))[:m]
+    if len(chosen) < m and others is not None:
+        extra = rng.permutation(np.setdiff1d(others, np.r_[members, non_members]))
+        chosen = np.r_[chosen, extra[: m - len(chosen)]]
+    if len(chosen) < m:
+        raise ValueError(f"need {m} rows the target never trained on, have {len(chosen)}")
     return np.concatenate([np.sort(members), chosen]).astype(np.int64)

@@ -67,8 +67,9 @@ class AuditConfig:
             raise ValueError(
                 f"protocols must be among {list(PROTOCOLS)}, got {list(self.protocols)}"
             )
-        if self.population is not None and (self.population < 4 or self.population % 2):
-            raise ValueError("population must be an even number of models, at least 4")
+        # Leave-one-out leaves a target and its partner out: K/2 - 1 >= 2 shadows a side.
+        if self.population is not None and (self.population < 6 or self.population % 2):
+            raise ValueError("population must be an even number of models, at least 6")
         if self.n_paper_shadows < 1 or self.repeats < 1 or not self.budgets:
             raise ValueError("need n_paper_shadows >= 1, repeats >= 1 and at least one budget")
         if min(self.budgets) < 1:

@@ -139,8 +139,9 @@ def test_in_process_oracle_without_defense_is_the_model_softmax(tmp_path: Path) 
 
 
 def test_black_box_audit_of_a_live_deployment(deployment: Deployment) -> None:
-    """`dynanoise audit --endpoint ...`: the served defense is attacked over HTTP,
-    no_defense in process beside it, members told apart by the manifest's split."""
+    """`dynanoise audit --endpoint ...`: the served defense is attacked over HTTP with
+    near-duplicates, no_defense in process beside it, members told apart by the
+    manifest's split, the attacker's population as shadows."""
     from service.audit.runner import AuditConfig, HttpTarget, run_audit
 
     key = _tenant(deployment, "audited", noise_mode="keyed")
@@ -148,10 +149,12 @@ def test_black_box_audit_of_a_live_deployment(deployment: Deployment) -> None:
         dataset="synthetic",
         defenses=("no_defense",),
         epochs=2,
-        n_shadows=4,
+        population=6,
         n_paper_shadows=1,
-        n_queries=2,
+        repeats=1,
+        budgets=(1, 2),
         n_bootstrap=10,
+        label_only=False,
     )
     http = HttpTarget(
         deployment.url,
@@ -169,11 +172,13 @@ def test_black_box_audit_of_a_live_deployment(deployment: Deployment) -> None:
     assert key not in str(results)
     served = results["results"]["served"]
     assert set(served) == {"paper", "defense-aware"}
-    assert "lira_online" in served["defense-aware"]["attacks"]
-    # Keyed noise: the deployment answers repeated queries identically, so averaging is
-    # exactly the single-query scorer.
-    scorer = served["defense-aware"]["attacks"]["averaging"]["scorer"]
+    attacks = served["defense-aware"]["attacks"]
+    assert {"lira_online/near_duplicate/2", "rmia/repeat/1"} <= set(attacks)
+    assert "lira_online/parameter_change/2" not in attacks  # needs the tenant's operator
+    evaluation = results["evaluation"]
     assert (
-        served["defense-aware"]["attacks"]["averaging"]["auc"]
-        == served["defense-aware"]["attacks"][scorer]["auc"]
+        evaluation["targets"] == 1 and evaluation["member_pairs"] == evaluation["non_member_pairs"]
     )
+    # Keyed noise: the deployment answers exact repeats identically, so averaging them
+    # changes nothing; near-duplicates get fresh draws.
+    assert attacks["lira_online/repeat/2"]["auc"] == attacks["lira_online/repeat/1"]["auc"]

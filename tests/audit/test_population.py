@@ -118,3 +118,12 @@ def test_null_control_every_attack_interval_contains_one_half(
     for attack, report in attacks.items():
         low, high = report["auc_ci"]
         assert low <= 0.5 <= high, (attack, report["auc"], report["auc_ci"])
+
+
+def test_endpoint_pool_tops_up_with_other_rows_the_target_never_saw() -> None:
+    members = np.arange(10)
+    pool = endpoint_pool(members, np.array([10, 11]), seed=1, others=np.arange(30))
+    assert len(pool) == 20 and len(np.unique(pool)) == 20
+    assert set(pool[10:]) >= {10, 11} and not set(pool[10:]) & set(members)
+    with pytest.raises(ValueError, match="never trained on"):
+        endpoint_pool(members, np.array([10, 11]), seed=1)

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 DEFENSES = ("no_defense", "temperature_only", "dynanoise_keyed")
 ARGS = [
     "audit", "--dataset", "synthetic", "--defenses", ",".join(DEFENSES), "--epochs", "2",
-    "--population", "4", "--paper-shadows", "1", "--repeats", "2", "--budgets", "1,2",
+    "--population", "6", "--paper-shadows", "1", "--repeats", "2", "--budgets", "1,2",
     "--bootstrap", "10", "--seed", "3", "--no-progress", "--max-auc", "0.99",
 ]  # fmt: skip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,9 +51,9 @@ def test_results_json_holds_every_number_and_how_it_was_made(report_dir: Path) -
     keyed = results["results"]["dynanoise_keyed"]["defense-aware"]["attacks"]
     assert {"lira_online/near_duplicate/2", "rmia/repeat/1", "spread/near_duplicate/2"} & set(keyed)
     assert {row["queries"] for row in results["query_budget"]} == {1, 2}
-    assert results["evaluation"]["targets"] == 4
+    assert results["evaluation"]["targets"] == 6
     assert results["gate"]["passed"] and results["gate"]["bounds"]["max_auc"] == 0.99
-    assert results["config"]["seed"] == 3 and results["config"]["population"] == 4
+    assert results["config"]["seed"] == 3 and results["config"]["population"] == 6
     assert len(results["split"]["hash"]) == 16
     assert {"numpy", "torch", "scikit-learn", "dynanoise"} <= set(results["versions"])
     assert results["command"].startswith("dynanoise audit --dataset synthetic --out ")
@@ -86,7 +86,7 @@ def test_report_md_leads_with_the_worst_case_then_the_paper_table(report_dir: Pa
     header = "| defense | acc | conf | loss | shadow | lira | entropy | mentr | label-only (gap) |"
     assert header + " MIDPUT [95 % CI] |" in text
     assert "## Query budget" in text and "## Utility" in text and "## Gate" in text
-    assert "n/a (too few non-members)" in text  # 4 x ~80 pairs back no TPR at 1 % FPR
+    assert "n/a (too few non-members)" in text  # 6 x ~80 pairs back no TPR at 1 % FPR
     for png in ("roc_paper.png", "query_budget.png", "privacy_utility.png"):
         data = (report_dir / png).read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 10_000
