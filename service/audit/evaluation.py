@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -58,17 +59,23 @@ def audit_oracle(
     http: HttpTarget | None,
     seed: int,
 ) -> Oracle:
+    """What answers for defense ``name`` in ``repeat``: the live deployment for the
+    served defense, else the exported model behind that defense, in process."""
     if name == SERVED:
         assert http is not None
-        return HttpOracle(
-            http.base_url,
-            http.api_key,
-            http.model,
-            endpoint=http.endpoint,
-            batch_size=http.batch_size,
-        )
+        return http_oracle(http)
     defense = factory.get(name, repeat)
     return InProcessOracle(target.model, defense, stable_rng(seed, "server", name, str(repeat)))
+
+
+def http_oracle(http: HttpTarget) -> HttpOracle:
+    return HttpOracle(
+        http.base_url,
+        http.api_key,
+        http.model,
+        endpoint=http.endpoint,
+        batch_size=http.batch_size,
+    )
 
 
 @dataclass
@@ -249,11 +256,12 @@ def run_adaptive_protocol(
         targets = local
         oracle: HttpOracle | None = None
         if name == SERVED:
-            oracle = audit_oracle(factory, name, 0, target, http, config.seed)  # type: ignore[assignment]
+            assert http is not None
+            oracle = http_oracle(http)
             targets = Targets(local.is_member, local.exclude, oracle=oracle)
         try:
             attacks = attack_defense(
-                lambda r, name=name: factory.get(name, r),  # type: ignore[misc]
+                partial(factory.get, name),
                 targets,
                 cached,
                 population.in_mask,

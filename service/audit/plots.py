@@ -24,6 +24,8 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFor
 from .report import TITLES
 
 DPI = 110
+MARKERS = ("o", "s", "^", "D", "v")
+DASHES = ("-", "--", "-.", ":")
 
 
 def write_figures(results: dict[str, Any], rocs: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -110,7 +112,15 @@ def query_budget_figure(results: dict[str, Any], path: Path) -> None:
         low = np.array([r["auc_ci"][0] for r in rows])
         high = np.array([r["auc_ci"][1] for r in rows])
         colour = colours(i % 10)
-        ax.plot(n, auc, "o-", color=colour, label=defense)
+        # distinct markers and dashes: defenses often overlap exactly
+        ax.plot(
+            n,
+            auc,
+            MARKERS[i % len(MARKERS)],
+            ls=DASHES[i % len(DASHES)],
+            color=colour,
+            label=defense,
+        )
         ax.fill_between(n, low, high, color=colour, alpha=0.15)
     undefended = results["worst_case"].get("no_defense", {}).get("defense-aware")
     if undefended:

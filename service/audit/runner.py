@@ -86,7 +86,7 @@ class HttpTarget:
     model: str
     params: DefenseParams = field(default_factory=DefenseParams)
     endpoint: Endpoint = "v1"
-    batch_size: int = 256
+    batch_size: int = 1024
 
 
 @dataclass

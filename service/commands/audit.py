@@ -88,6 +88,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     http.add_argument("--model", help="served model name")
     http.add_argument("--api", choices=("v1", "v2"), default="v1", help="v1 JSON or v2 binary")
     http.add_argument(
+        "--batch-size",
+        type=int,
+        default=1024,
+        help="rows per request: the server's DYNANOISE_MAX_BATCH (default 1024), so that "
+        "near-duplicates go in as few requests as it allows",
+    )
+    http.add_argument(
         "--models-dir", type=Path, default=Path("models"), help="where <model>/manifest.json lives"
     )
     http.add_argument(
@@ -173,6 +180,7 @@ def _plan(
             args.model,
             params=parse_params(args.served_params),
             endpoint=args.api,
+            batch_size=args.batch_size,
         )
         default_defenses = (BASELINE,)
     defaults = QUICK if args.quick else FULL

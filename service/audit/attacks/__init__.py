@@ -1,11 +1,22 @@
 """Membership-inference attacks on output probabilities: pure functions over numpy arrays.
 
 Every attack class follows :class:`MembershipAttack` (``fit`` on shadow in/out
-outputs, ``score`` higher = member, ``predict`` its own rule). Carlini et al.'s
-LiRA works on shadow matrices instead and is offered as two functions.
+outputs, ``score`` higher = member, ``predict`` its own rule): the paper's attacks.
+Attacks that calibrate per example on many shadow models (Carlini et al.'s LiRA,
+RMIA) work on (shadows, rows) matrices and are functions; so are the adaptive
+attacker's tools (near-duplicates, logit-space averaging, the answer spread,
+parameter-change differencing) and the label-only boundary-distance attack.
 """
 
+from .adaptive import (
+    QUERY_BUDGETS,
+    answer_spread,
+    averaged_logits,
+    difference_parameter_change,
+    near_duplicates,
+)
 from .base import AttackNotFitted, MembershipAttack
+from .boundary import LabelOnlyScores, boundary_distance, label_robustness
 from .features import (
     FEATURE_NAMES,
     LOG_FLOOR,
@@ -19,8 +30,16 @@ from .features import (
     true_class_probability,
 )
 from .label_only import LabelOnlyAttack, label_only_accuracy
-from .lira import PaperLiRAAttack, example_gaussians, gaussian_log_pdf, lira_offline, lira_online
-from .queries import average_queries, recover_logits, recover_probabilities
+from .lira import (
+    PaperLiRAAttack,
+    example_gaussians,
+    gaussian_log_pdf,
+    lira_leave_one_out,
+    lira_offline,
+    lira_online,
+)
+from .queries import recover_logits
+from .rmia import rmia_scores
 from .shadow import ShadowModelAttack
 from .threshold import (
     ClassThresholdAttack,
@@ -47,52 +66,43 @@ def paper_attacks() -> list[MembershipAttack]:
     ]
 
 
-def defense_aware_attacks() -> list[MembershipAttack]:
-    """The paper's attacks with recalibrated thresholds, plus the label-only floor.
-
-    Fit them on shadow outputs that went through the same defense (Kerckhoffs).
-    """
-    return [
-        ConfidenceAttack(recalibrate=True),
-        LossAttack(recalibrate=True),
-        ShadowModelAttack(),
-        PaperLiRAAttack(),
-        entropy_attack(),
-        modified_entropy_attack(),
-        LabelOnlyAttack(),
-    ]
-
-
 __all__ = [
     "FEATURE_NAMES",
     "LOG_FLOOR",
     "PAPER_ATTACK_NAMES",
+    "QUERY_BUDGETS",
     "AttackNotFitted",
     "ClassThresholdAttack",
     "ConfidenceAttack",
     "LabelOnlyAttack",
+    "LabelOnlyScores",
     "LossAttack",
     "MembershipAttack",
     "PaperLiRAAttack",
     "ShadowModelAttack",
+    "answer_spread",
     "as_probs_and_labels",
-    "average_queries",
+    "averaged_logits",
     "best_threshold",
+    "boundary_distance",
     "cross_entropy",
-    "defense_aware_attacks",
+    "difference_parameter_change",
     "entropy",
     "entropy_attack",
     "example_gaussians",
     "feature_matrix",
     "gaussian_log_pdf",
     "label_only_accuracy",
+    "label_robustness",
+    "lira_leave_one_out",
     "lira_offline",
     "lira_online",
     "logit_confidence",
     "max_probability",
     "modified_entropy",
+    "near_duplicates",
     "paper_attacks",
     "recover_logits",
-    "recover_probabilities",
+    "rmia_scores",
     "true_class_probability",
 ]
