@@ -11,15 +11,14 @@ from starlette.types import ASGIApp
 
 from . import __version__
 from .api import admin, health, v1, v2
-from .api.deps import Services
 from .api.errors import install_error_handlers
 from .api.fastpath import FastInferenceRoutes
+from .api.inference import inference_router
 from .api.middleware import GuardMiddleware
-from .inference import Predictor
-from .metrics import ServiceMetrics
-from .runtime import ModelRegistry
+from .api.status import status_code_of
+from .metrics import UNKNOWN
+from .serving import DataPlane, Services, build_services
 from .settings import Settings
-from .tenants import TenantStore
 
 logger = logging.getLogger("dynanoise")
 
@@ -31,24 +30,6 @@ whose variance grows with the query's confidence; raw logits never leave the ser
 Authenticate with `Authorization: Bearer <tenant API key>`. Tenants, keys and defense
 parameters are managed under `/admin/tenants` with the admin token.
 """
-
-
-def build_services(settings: Settings) -> Services:
-    """Load every model and open (and migrate) the tenant store. Raises on a broken model."""
-    registry = ModelRegistry.load(settings.models_dir, intra_op_threads=settings.onnx_threads)
-    store = TenantStore(
-        settings.database_url,
-        cache_ttl_seconds=settings.tenant_cache_seconds,
-        stale_grace_seconds=settings.stale_tenant_grace_seconds,
-    )
-    store.migrate()
-    metrics = ServiceMetrics()
-    predictor = Predictor(
-        metrics,
-        batching_max_delay_ms=settings.batching_max_delay_ms,
-        batching_max_batch=settings.batching_max_batch,
-    )
-    return Services(settings, registry, store, metrics, predictor)
 
 
 class _ServiceApp(FastAPI):
@@ -63,7 +44,21 @@ class _ServiceApp(FastAPI):
         stack = super().build_middleware_stack()
         if self.fast_inference_routes:
             stack = FastInferenceRoutes(stack)
-        return GuardMiddleware(stack, max_body_bytes=self.max_body_bytes)
+        return GuardMiddleware(
+            stack, max_body_bytes=self.max_body_bytes, on_reject=self._count_rejection
+        )
+
+    def _count_rejection(self, path: str, status: int, seconds: float) -> None:
+        services: Services = self.state.services
+        services.metrics.observe_request(UNKNOWN, UNKNOWN, _endpoint_label(path), status, seconds)
+
+
+def _endpoint_label(path: str) -> str:
+    """The metrics' endpoint label of a request the guard answered (a known set)."""
+    for prefix, label in (("/v1/", "v1"), ("/v2/", "v2"), ("/admin/", "admin")):
+        if path.startswith(prefix):
+            return label
+    return "other"
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -89,8 +84,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.max_body_bytes = settings.max_body_bytes
     app.state.services = services
+    app.state.dataplane = DataPlane(services, status_of=status_code_of)
     install_error_handlers(app)
-    for router in (v1.router, v2.router, admin.router, health.router):
+    for router in (inference_router(), v1.router, v2.router, admin.router, health.router):
         app.include_router(router)
     return app
 

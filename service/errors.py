@@ -1,4 +1,8 @@
-"""The service's own exceptions; `service.api.errors` maps each to one HTTP status."""
+"""The service's own exceptions: what went wrong, in the caller's words.
+
+They carry no HTTP status: `service.api.status` maps each class to one status and
+error code, for every endpoint, the metrics and the middleware alike.
+"""
 
 from __future__ import annotations
 
@@ -6,57 +10,45 @@ from __future__ import annotations
 class DynanoiseError(Exception):
     """Base class. ``message`` is safe to show to a client: no internals, no data."""
 
-    status_code = 400
-    code = "bad_request"
-
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
 class BadInput(DynanoiseError):
-    status_code = 422
-    code = "bad_input"
+    """The request is well-formed but its content cannot be served (shape, dtype, NaN)."""
 
 
 class MalformedBody(DynanoiseError):
-    status_code = 400
-    code = "malformed_body"
+    """The body cannot be parsed (not JSON, not valid gzip)."""
 
 
 class PayloadTooLarge(DynanoiseError):
-    status_code = 413
-    code = "payload_too_large"
+    """The body (or its decompressed form) is over the size limit."""
 
 
 class UnknownModel(DynanoiseError):
-    status_code = 404
-    code = "unknown_model"
+    """No model (or model version) of this name is served."""
 
 
 class Unauthorized(DynanoiseError):
-    status_code = 401
-    code = "unauthorized"
+    """No API key, or one that matches no tenant."""
 
 
 class Forbidden(DynanoiseError):
-    status_code = 403
-    code = "forbidden"
+    """The key is valid but may not do this (a model outside its list, admin disabled)."""
 
 
 class NotFound(DynanoiseError):
-    status_code = 404
-    code = "not_found"
+    """The named resource does not exist."""
 
 
 class Conflict(DynanoiseError):
-    status_code = 409
-    code = "conflict"
+    """The resource exists already."""
 
 
 class RateLimited(DynanoiseError):
-    status_code = 429
-    code = "rate_limited"
+    """The tenant is over its rate; retry after ``retry_after_seconds``."""
 
     def __init__(self, message: str, retry_after_seconds: float) -> None:
         super().__init__(message)
@@ -64,12 +56,8 @@ class RateLimited(DynanoiseError):
 
 
 class ServiceUnavailable(DynanoiseError):
-    status_code = 503
-    code = "unavailable"
+    """A dependency (the tenant store) is down: retry later."""
 
 
 class DefenseFailure(DynanoiseError):
     """The defense could not produce a valid answer: refuse rather than leak or send NaN."""
-
-    status_code = 500
-    code = "internal_error"

@@ -1,4 +1,7 @@
-"""Tenant administration under /admin/tenants, guarded by the admin bearer token."""
+"""Tenant administration under /admin/tenants, guarded by the admin bearer token.
+
+The store's errors (TenantNotFound, TenantExists, InvalidParameters...) are answered
+through the one error table (`service.api.status`), not translated here."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import Response
 
 from ..defense import DefenseParams
-from ..errors import BadInput, Conflict, NotFound
-from ..tenants import Tenant, TenantExists, TenantNotFound
+from ..errors import BadInput
+from ..tenants import Tenant
 from .deps import Services, admin_bearer, check_admin, get_services
 from .schemas import ERROR_RESPONSES, ApiKey, TenantCreate, TenantCreated, TenantOut, TenantUpdate
 
@@ -72,16 +75,13 @@ async def create_tenant(
 ) -> TenantCreated:
     _check_models(services, body.allowed_models)
     params = DefenseParams(**body.model_dump(include=set(_PARAM_FIELDS)))
-    try:
-        tenant, key = await run_in_threadpool(
-            services.store.create,
-            body.name,
-            params,
-            body.allowed_models,
-            body.rate_limit_per_second,
-        )
-    except TenantExists:
-        raise Conflict(f"tenant {body.name!r} already exists") from None
+    tenant, key = await run_in_threadpool(
+        services.store.create,
+        body.name,
+        params,
+        body.allowed_models,
+        body.rate_limit_per_second,
+    )
     return TenantCreated(**tenant_out(tenant).model_dump(), api_key=key)
 
 
@@ -92,10 +92,7 @@ async def list_tenants(services: Services = Depends(get_services)) -> list[Tenan
 
 @router.get("/{name}", response_model=TenantOut, responses={404: ERROR_RESPONSES[404]})
 async def get_tenant(name: str, services: Services = Depends(get_services)) -> TenantOut:
-    try:
-        return tenant_out(await run_in_threadpool(services.store.get, name))
-    except TenantNotFound:
-        raise NotFound(f"no tenant named {name!r}") from None
+    return tenant_out(await run_in_threadpool(services.store.get, name))
 
 
 @router.patch("/{name}", response_model=TenantOut, responses={404: ERROR_RESPONSES[404]})
@@ -108,27 +105,18 @@ async def update_tenant(
         raise BadInput(f"fields cannot be null: {null_fields}")
     if "allowed_models" in changes:
         _check_models(services, changes["allowed_models"])
-    try:
-        tenant = await run_in_threadpool(lambda: services.store.update(name, **changes))
-    except TenantNotFound:
-        raise NotFound(f"no tenant named {name!r}") from None
+    tenant = await run_in_threadpool(lambda: services.store.update(name, **changes))
     return tenant_out(tenant)
 
 
 @router.post("/{name}/rotate-key", response_model=ApiKey, responses={404: ERROR_RESPONSES[404]})
 async def rotate_key(name: str, services: Services = Depends(get_services)) -> ApiKey:
-    try:
-        return ApiKey(api_key=await run_in_threadpool(services.store.rotate_key, name))
-    except TenantNotFound:
-        raise NotFound(f"no tenant named {name!r}") from None
+    return ApiKey(api_key=await run_in_threadpool(services.store.rotate_key, name))
 
 
 @router.delete(
     "/{name}", status_code=204, response_class=Response, responses={404: ERROR_RESPONSES[404]}
 )
 async def delete_tenant(name: str, services: Services = Depends(get_services)) -> Response:
-    try:
-        await run_in_threadpool(services.store.delete, name)
-    except TenantNotFound:
-        raise NotFound(f"no tenant named {name!r}") from None
+    await run_in_threadpool(services.store.delete, name)
     return Response(status_code=204)

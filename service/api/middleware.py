@@ -3,9 +3,17 @@ every route before any handler reads the body."""
 
 from __future__ import annotations
 
-import orjson
+import time
+from collections.abc import Callable
+
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import PayloadTooLarge
+from .status import ErrorStatus, error_body, status_for
+
+Rejected = Callable[[str, int, float], None]
+"""Told of every request the guard answers itself: (path, status, seconds)."""
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -25,32 +33,39 @@ class _BodyTooLarge(HTTPException):
 
 class GuardMiddleware:
     """Rejects bodies over ``max_body_bytes`` (by Content-Length, or while streaming)
-    and adds security headers to every response."""
+    and adds security headers to every response. ``on_reject`` counts the requests
+    it answers itself (the handlers never see them)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, on_reject: Rejected | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.on_reject = on_reject
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started_at = time.perf_counter()
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_body_bytes:
-                    await self._reject(send)
+                    await self._reject(scope, send, started_at)
                     return
                 break
 
         received = 0
         started = False
+        over_limit = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, over_limit
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
+                    over_limit = True
                     raise _BodyTooLarge(self.max_body_bytes)
             return message
 
@@ -65,21 +80,29 @@ class GuardMiddleware:
             await self.app(scope, limited_receive, send_with_headers)
         except _BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(scope, send, started_at)
+                return
+        if over_limit:
+            # A handler answered the streamed-over-limit body (413 from the table):
+            # no data plane counted it, so count it here.
+            self._rejected(scope, started_at)
 
-    async def _reject(self, send: Send) -> None:
-        body = orjson.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body exceeds {self.max_body_bytes} bytes",
-                }
-            }
-        )
+    def _rejected(self, scope: Scope, started_at: float) -> None:
+        if self.on_reject is not None:
+            status = self._status().status
+            self.on_reject(scope["path"], status, time.perf_counter() - started_at)
+
+    def _status(self) -> ErrorStatus:
+        return status_for(PayloadTooLarge(f"request body exceeds {self.max_body_bytes} bytes"))
+
+    async def _reject(self, scope: Scope, send: Send, started_at: float) -> None:
+        status = self._status()
+        body = error_body(status)
+        self._rejected(scope, started_at)
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status.status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),

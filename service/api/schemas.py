@@ -243,3 +243,23 @@ class TenantCreated(TenantOut):
 
 class ApiKey(BaseModel):
     api_key: str = Field(description="Shown once. The previous key stopped working.")
+
+
+def self_contained_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its nested models written in place: a `$ref` to
+    components would dangle for models no route returns (V2RequestedOutput), and
+    schema-driven clients (schemathesis) then drop the whole request body."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved

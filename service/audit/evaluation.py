@@ -2,7 +2,7 @@
 
 - paper: the paper's split and attacks (`service.audit.protocol`), once per repeat
   (server noise, keyed secret, bootstrap seed); MIDPUT with a t interval.
-- defense-aware: the adaptive attacker (`service.audit.adaptive`) on the
+- defense-aware: the adaptive attacker (`service.audit.defense_aware`) on the
   leave-one-out population in process, or on a live deployment with the
   population as its shadows; worst case and query-budget curves.
 """
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .adaptive import (
+from .attacks import PAPER_ATTACK_NAMES
+from .config import AuditConfig, HttpTarget
+from .defense_aware import (
     CachedModel,
     QuerySet,
     Targets,
@@ -27,7 +29,6 @@ from .adaptive import (
     query_budget_rows,
     worst_case,
 )
-from .attacks import PAPER_ATTACK_NAMES
 from .defenses import BASELINE, SERVED, DefenseFactory
 from .midput import midput, midput_table
 from .oracle import HttpOracle, InProcessOracle, Oracle
@@ -38,12 +39,12 @@ from .population import (
     train_population,
 )
 from .protocol import PAPER_ATTACKS, AttackResult, EvalSet, paper_protocol
-from .shadows import rows_of, stable_rng, train_shadows
+from .rows import rows_of
+from .seeds import stable_rng
+from .shadows import train_shadows
 from .statistics import mean_interval, repeated_attack_metrics
+from .target import AuditTarget
 from .utility import utility_report
-
-if TYPE_CHECKING:
-    from .runner import AuditConfig, HttpTarget, _Target
 
 ENDPOINT_POPULATION = 64
 """Shadows trained against a live deployment when the audit does not say."""
@@ -55,7 +56,7 @@ def audit_oracle(
     factory: DefenseFactory,
     name: str,
     repeat: int,
-    target: _Target,
+    target: AuditTarget,
     http: HttpTarget | None,
     seed: int,
 ) -> Oracle:
@@ -89,7 +90,7 @@ class PaperOutcome:
 
 def run_paper_protocol(
     config: AuditConfig,
-    target: _Target,
+    target: AuditTarget,
     factory: DefenseFactory,
     http: HttpTarget | None,
     progress: bool,
@@ -206,7 +207,7 @@ class AdaptiveOutcome:
 
 def run_adaptive_protocol(
     config: AuditConfig,
-    target: _Target,
+    target: AuditTarget,
     factory: DefenseFactory,
     http: HttpTarget | None,
     progress: bool,
@@ -295,7 +296,7 @@ def run_adaptive_protocol(
     return AdaptiveOutcome(blocks, budget_rows, evaluation, label_only)
 
 
-def _cached_target(target: _Target, queries: QuerySet) -> CachedModel:
+def _cached_target(target: AuditTarget, queries: QuerySet) -> CachedModel:
     """The exported target model, run locally on the pool and its near-duplicates."""
     model = target.model
     n, n_max = queries.near_duplicates.shape[:2]

@@ -15,21 +15,20 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import httpx
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 
+from ..protocol import (
+    HEADER_LENGTH,
+    V2_DTYPES,
+    decode_v1_response,
+    decode_v2_response,
+    encode_v1_request,
+    encode_v2_request,
+)
 from ..runtime import OnnxClassifier
 from .defenses import AuditedDefense
 
 Endpoint = Literal["v1", "v2"]
-
-_V2_DTYPES: dict[str, np.dtype[Any]] = {
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "INT64": np.dtype("<i8"),
-    "INT32": np.dtype("<i4"),
-}
-_HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class OracleError(RuntimeError):
@@ -136,30 +135,26 @@ class HttpOracle:
 
     def _post(self, path: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
         response = self._client.post(path, content=content, headers={**self._headers, **headers})
-        if response.status_code != 200:
+        if not response.is_success:
             raise OracleError(f"POST {path}: HTTP {response.status_code}: {response.text[:500]}")
         return response
 
     def _predict_v1(self, x: NDArray[Any]) -> NDArray[np.float32]:
-        body = orjson.dumps(
-            {"instances": np.ascontiguousarray(x)}, option=orjson.OPT_SERIALIZE_NUMPY
-        )
         response = self._post(
-            f"/v1/models/{self.model}/predict", body, {"Content-Type": "application/json"}
+            f"/v1/models/{self.model}/predict",
+            encode_v1_request(x),
+            {"Content-Type": "application/json"},
         )
         try:
-            predictions = response.json()["predictions"]
-            # The server writes float32 values with their shortest repr: parsing them
-            # as float64 and casting back gives the exact float32 it computed.
-            probs = np.array([p["probabilities"] for p in predictions], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise OracleError(f"malformed v1 answer: {exc}") from exc
-        return _checked(probs.astype(np.float32), len(x))
+            probabilities, _ = decode_v1_response(response.content)
+        except ValueError as exc:
+            raise OracleError(str(exc)) from exc
+        return _checked(probabilities, len(x))
 
     def _v2_input_spec(self) -> tuple[str, str]:
         if self._v2_input is None:
             response = self._client.get(f"/v2/models/{self.model}", headers=self._headers)
-            if response.status_code != 200:
+            if not response.is_success:
                 raise OracleError(
                     f"model metadata: HTTP {response.status_code}: {response.text[:500]}"
                 )
@@ -169,42 +164,17 @@ class HttpOracle:
 
     def _infer_v2(self, x: NDArray[Any]) -> NDArray[np.float32]:
         name, datatype = self._v2_input_spec()
-        if datatype not in _V2_DTYPES:
+        if datatype not in V2_DTYPES:
             raise OracleError(f"unsupported input datatype {datatype}")
-        raw = np.ascontiguousarray(x, dtype=_V2_DTYPES[datatype]).tobytes()
-        header = orjson.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": name,
-                        "shape": list(x.shape),
-                        "datatype": datatype,
-                        "parameters": {"binary_data_size": len(raw)},
-                    }
-                ],
-                "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-            }
-        )
-        response = self._post(
-            f"/v2/models/{self.model}/infer",
-            header + raw,
-            {"Content-Type": "application/octet-stream", _HEADER_LENGTH: str(len(header))},
-        )
-        return _checked(_decode_v2(response), len(x))
-
-
-def _decode_v2(response: httpx.Response) -> NDArray[np.float32]:
-    body = response.content
-    length = response.headers.get(_HEADER_LENGTH)
-    json_part, binary = (body[: int(length)], body[int(length) :]) if length else (body, b"")
-    try:
-        output = orjson.loads(json_part)["outputs"][0]
-        shape = output["shape"]
-        if binary:
-            return np.frombuffer(binary, dtype="<f4").reshape(shape).astype(np.float32)
-        return np.asarray(output["data"], dtype=np.float32).reshape(shape)
-    except (KeyError, IndexError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-        raise OracleError(f"malformed v2 answer: {exc}") from exc
+        body, headers = encode_v2_request(x, name, datatype=datatype)
+        response = self._post(f"/v2/models/{self.model}/infer", body, headers)
+        try:
+            probabilities = decode_v2_response(
+                response.content, response.headers.get(HEADER_LENGTH)
+            )
+        except ValueError as exc:
+            raise OracleError(str(exc)) from exc
+        return _checked(probabilities, len(x))
 
 
 def _checked(probs: NDArray[np.float32], n: int) -> NDArray[np.float32]:

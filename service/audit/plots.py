@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
 
-from .report import TITLES
+from .labels import TITLES
 
 DPI = 110
 MARKERS = ("o", "s", "^", "D", "v")

@@ -20,7 +20,8 @@ from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from .datasets import Dataset
-from .shadows import Rows, rows_of, stable_rng
+from .rows import Rows, rows_of
+from .seeds import stable_rng
 from .training import Recipe, predict_logits, train_with_recipe
 
 MIN_PAIRS = 10_000

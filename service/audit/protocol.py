@@ -18,8 +18,9 @@ from sklearn import metrics
 
 from ..defense import no_defense
 from .attacks import PAPER_ATTACK_NAMES, LabelOnlyAttack, MembershipAttack, paper_attacks
+from .rows import Rows
 from .scoring import attack_report
-from .shadows import Rows, ShadowLogits, stable_rng
+from .seeds import stable_rng
 
 PROTOCOLS = ("paper", "defense-aware")
 PAPER_ATTACKS = (*PAPER_ATTACK_NAMES, "label_only")
@@ -32,6 +33,18 @@ class EvalSet:
 
     rows: Rows
     is_member: NDArray[np.bool_]
+
+
+@dataclass(frozen=True, eq=False)
+class ShadowLogits:
+    """Clean logits of the paper's shadows (`service.audit.shadows` trains them):
+    paper_in[j] / paper_out[j] is shadow j (trained on ``shadow_in``) on its training
+    rows and on held-out rows; j = 0 also serves the shadow-model attack."""
+
+    shadow_in: Rows
+    shadow_out: Rows
+    paper_in: list[NDArray[np.float32]]
+    paper_out: list[NDArray[np.float32]]
 
 
 class FittedOnEvaluationRows(ValueError):

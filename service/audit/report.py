@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .labels import TITLES
 from .statistics import sig3
 
 RESULTS_FILE = "results.json"
@@ -22,10 +23,6 @@ MARKDOWN_FILE = "report.md"
 
 PAPER_FLOOR = "label_only"
 PAPER_COLUMNS = ("conf", "loss", "shadow", "lira", "entropy", "mentr")
-TITLES = {
-    "paper": "Paper protocol (as published)",
-    "defense-aware": "Defense-aware protocol, adaptive attacker (Kerckhoffs)",
-}
 PROTOCOL_NOTES = {
     "paper": (
         "Fixed thresholds (max p > 0.9, loss < 0.5) and attacks fitted on UNDEFENDED "

@@ -9,10 +9,9 @@ attacker's own models, trained with the target's recipe.
 
 from __future__ import annotations
 
-import json
 import platform
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,73 +19,17 @@ from typing import Any
 import numpy as np
 
 from ..defense import DefenseParams
-from ..runtime import OnnxClassifier
-from .attacks.adaptive import QUERY_BUDGETS
-from .datasets import Dataset, load_dataset
-from .defenses import BASELINE, DEFENSE_NAMES, DefenseFactory, mean_sensitivity
+from .config import AuditConfig, HttpTarget
+from .defenses import BASELINE, DefenseFactory, mean_sensitivity
 from .evaluation import audit_oracle, run_adaptive_protocol, run_paper_protocol
-from .oracle import Endpoint, HttpOracle
-from .protocol import PROTOCOLS
-from .shadows import rows_of
-from .splits import Split, check_disjoint
-from .training import RECIPES, Recipe, train_and_export
+from .oracle import HttpOracle
+from .rows import rows_of
+from .splits import Split
+from .target import AuditTarget, load_target
+from .training import Recipe, train_and_export
 from .utility import utility_report
 
 SCHEMA_VERSION = 2
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """What to audit and how hard. None means: take the data set's training recipe.
-
-    ``population``: models of the leave-one-out design (None: enough for 10,000
-    member pairs in process, 64 shadows against a live deployment); ``repeats``:
-    server noise draws, keyed secrets and attacker seeds every figure is repeated
-    over; ``budgets``: answers per row of the adaptive attacker.
-    """
-
-    dataset: str = "digits"
-    protocols: tuple[str, ...] = PROTOCOLS
-    defenses: tuple[str, ...] = DEFENSE_NAMES
-    params: DefenseParams = field(default_factory=DefenseParams)
-    seed: int = 0
-    population: int | None = None
-    n_paper_shadows: int = 3
-    repeats: int = 5
-    budgets: tuple[int, ...] = QUERY_BUDGETS
-    n_bootstrap: int = 200
-    max_members: int | None = None
-    epochs: int | None = None
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    data_dir: Path | None = None
-    label_only: bool = True
-
-    def __post_init__(self) -> None:
-        bad = sorted(set(self.protocols) - set(PROTOCOLS))
-        if bad or not self.protocols:
-            raise ValueError(
-                f"protocols must be among {list(PROTOCOLS)}, got {list(self.protocols)}"
-            )
-        # Leave-one-out leaves a target and its partner out: K/2 - 1 >= 2 shadows a side.
-        if self.population is not None and (self.population < 6 or self.population % 2):
-            raise ValueError("population must be an even number of models, at least 6")
-        if self.n_paper_shadows < 1 or self.repeats < 1 or not self.budgets:
-            raise ValueError("need n_paper_shadows >= 1, repeats >= 1 and at least one budget")
-        if min(self.budgets) < 1:
-            raise ValueError("query budgets must be >= 1")
-
-
-@dataclass(frozen=True)
-class HttpTarget:
-    """A live deployment: its URL, a tenant's key, the model and the tenant's parameters
-    (known to the attacker by assumption; only the noise key stays secret)."""
-
-    base_url: str
-    api_key: str
-    model: str
-    params: DefenseParams = field(default_factory=DefenseParams)
-    endpoint: Endpoint = "v1"
-    batch_size: int = 1024
 
 
 @dataclass
@@ -131,43 +74,6 @@ def _train_target(config: AuditConfig, model_dir: Path, progress: bool) -> None:
         data_dir=config.data_dir,
         dataset_options=config.dataset_options,
         progress=progress,
-    )
-
-
-@dataclass(frozen=True, eq=False)
-class _Target:
-    """The audited model and what the auditor knows of it (manifest, data, split)."""
-
-    manifest: dict[str, Any]
-    dataset: Dataset
-    options: dict[str, Any]
-    split: Split
-    recipe: Recipe
-    model: OnnxClassifier
-
-
-def load_target(config: AuditConfig, model_dir: Path) -> _Target:
-    """The model and its data, with the split checked against the data at run time."""
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    trained_on = manifest.get("trained_on", {})
-    dataset_name = trained_on.get("dataset", config.dataset)
-    options = {**trained_on.get("options", {}), **config.dataset_options}
-    dataset = load_dataset(dataset_name, data_dir=config.data_dir, **options)
-    expected = trained_on.get("n_samples")
-    if expected is not None and int(expected) != len(dataset):
-        raise ValueError(
-            f"the manifest says the model was trained on {expected} rows of {dataset_name}, "
-            f"the data set loaded here has {len(dataset)}: not the same data"
-        )
-    split = Split.from_manifest(manifest["split"])
-    check_disjoint(split, len(dataset))
-    return _Target(
-        manifest,
-        dataset,
-        options,
-        split,
-        _recipe(manifest, dataset_name, config.epochs),
-        OnnxClassifier.load(model_dir),
     )
 
 
@@ -231,7 +137,7 @@ def _audit(
 
 
 def _utility_once(
-    target: _Target, factory: DefenseFactory, http: HttpTarget | None
+    target: AuditTarget, factory: DefenseFactory, http: HttpTarget | None
 ) -> dict[str, dict[str, float]]:
     test = rows_of(target.dataset, target.split.test)
     out = {}
@@ -259,16 +165,6 @@ def _split_record(split: Split) -> dict[str, Any]:
             "eval_non_members": len(split.eval_nonmembers),
         },
     }
-
-
-def _recipe(manifest: dict[str, Any], dataset: str, epochs: int | None) -> Recipe:
-    base = RECIPES.get(dataset, Recipe())
-    training = manifest.get("training", {})
-    known = {k: training[k] for k in asdict(base) if k in training}
-    if "hidden" in known:
-        known["hidden"] = tuple(known["hidden"])
-    recipe = replace(base, **known)
-    return replace(recipe, epochs=epochs) if epochs is not None else recipe
 
 
 def _config_record(config: AuditConfig, recipe: Recipe) -> dict[str, Any]:

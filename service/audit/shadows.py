@@ -3,49 +3,21 @@
 The paper's few shadows on the shadow-in rows (for the shadow-model attack and the
 paper's LiRA). Only clean logits are kept; the paper fits on them undefended. The
 defense-aware protocol's models are the leave-one-out population
-(`service.audit.population`).
+(`service.audit.population`). What the protocol fits on, `ShadowLogits`, is the
+protocol's own type (`service.audit.protocol`), so that it imports without torch.
 """
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
-from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
 from .datasets import Dataset
+from .protocol import ShadowLogits
+from .rows import rows_of
+from .seeds import stable_rng
 from .splits import Split
 from .training import Recipe, predict_logits, train_with_recipe
-
-
-def stable_rng(seed: int, *words: str) -> np.random.Generator:
-    """A generator that depends only on ``seed`` and the given names (not on call order)."""
-    return np.random.default_rng([seed, *(zlib.crc32(w.encode()) for w in words)])
-
-
-@dataclass(frozen=True, eq=False)
-class Rows:
-    """Inputs and true labels of some rows of the data set, and which rows they are
-    (``index``, the data set's row numbers: how the audit keeps fits off evaluation rows)."""
-
-    x: NDArray[Any]
-    y: NDArray[np.int64]
-    index: NDArray[np.int64]
-
-
-@dataclass(frozen=True, eq=False)
-class ShadowLogits:
-    """Clean logits of the paper's shadows: paper_in[j] / paper_out[j] is shadow j
-    (trained on ``shadow_in``) on its training rows and on held-out rows; j = 0 also
-    serves the shadow-model attack."""
-
-    shadow_in: Rows
-    shadow_out: Rows
-    paper_in: list[NDArray[np.float32]]
-    paper_out: list[NDArray[np.float32]]
 
 
 def train_shadows(
@@ -77,9 +49,3 @@ def train_shadows(
         paper_in=paper_in,
         paper_out=paper_out,
     )
-
-
-def rows_of(dataset: Dataset, rows: NDArray[np.int64]) -> Rows:
-    """Inputs and labels of the given data set rows."""
-    index = np.asarray(rows, dtype=np.int64)
-    return Rows(np.ascontiguousarray(dataset.x[index]), dataset.y[index], index)

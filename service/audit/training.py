@@ -23,8 +23,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from .architectures import build_model
 from .datasets import Dataset, load_dataset
-from .models import build_model
 from .splits import Split, paper_split
 
 INPUT_NAME = "input"

@@ -37,6 +37,11 @@ class StoreUnavailable(TenantError, RuntimeError):
     """The database cannot be reached and no recent enough answer is cached."""
 
 
+class CorruptTenant(TenantError, RuntimeError):
+    """A stored tenant row holds values no tenant may have (e.g. temperature -1): a
+    fault of the store, never of the caller."""
+
+
 @dataclass(frozen=True, slots=True)
 class TenantView:
     """What may be shown about a tenant: no key hash, no noise secret."""

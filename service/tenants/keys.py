@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 import string
+from dataclasses import dataclass, field
 
 KEY_PREFIX = "dn_"
 KEY_ID_LENGTH = 12
@@ -45,6 +46,25 @@ def parse_key_id(key: str) -> str | None:
     if separator != "_" or not _ALPHABET_SET.issuperset(key_id + secret):
         return None
     return key_id
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedKey:
+    """An API key as a request presents it, parsed and hashed once: ``key_id`` looks
+    the tenant up, ``key_hash`` is compared with the stored hash (and keys caches)."""
+
+    key_id: str
+    key_hash: str = field(repr=False)
+
+    @classmethod
+    def parse(cls, key: str) -> PresentedKey | None:
+        """None for a malformed key (no database lookup can match it)."""
+        key_id = parse_key_id(key)
+        return None if key_id is None else cls(key_id, hash_api_key(key))
+
+    def matches(self, stored_hash: str) -> bool:
+        """Constant-time comparison with a stored hash."""
+        return hmac.compare_digest(self.key_hash, stored_hash)
 
 
 def hash_api_key(key: str) -> str:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.defense.params import DefenseParams, InvalidParameters
 from service.tenants.domain import (
+    CorruptTenant,
     StoreUnavailable,
     Tenant,
     TenantExists,
@@ -35,7 +36,7 @@ from service.tenants.domain import (
     validate_rate_limit,
 )
 from service.tenants.engine import access_guard, for_writes, make_engine
-from service.tenants.keys import generate_api_key, hash_api_key, parse_key_id, verify
+from service.tenants.keys import PresentedKey, generate_api_key, hash_api_key
 from service.tenants.migrations import build_alembic_config
 from service.tenants.models import TenantRow
 
@@ -62,14 +63,19 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _to_tenant(row: TenantRow) -> Tenant:
-    params = DefenseParams(
-        base_variance=row.base_variance,
-        lambda_scale=row.lambda_scale,
-        temperature=row.temperature,
-        ensemble_size=row.ensemble_size,
-        sensitivity=row.sensitivity,  # type: ignore[arg-type]  # coerced by DefenseParams
-        noise_mode=row.noise_mode,  # type: ignore[arg-type]
-    )
+    try:
+        params = DefenseParams(
+            base_variance=row.base_variance,
+            lambda_scale=row.lambda_scale,
+            temperature=row.temperature,
+            ensemble_size=row.ensemble_size,
+            sensitivity=row.sensitivity,  # type: ignore[arg-type]  # coerced by DefenseParams
+            noise_mode=row.noise_mode,  # type: ignore[arg-type]
+        )
+    except (InvalidParameters, ValueError) as exc:
+        # Logged by name and reason only: never the row's secret or key material.
+        logger.error("stored tenant %r is corrupt: %s", row.name, exc)
+        raise CorruptTenant(f"stored tenant {row.name!r} is corrupt") from None
     return Tenant(
         name=row.name,
         params=params,
@@ -81,6 +87,12 @@ def _to_tenant(row: TenantRow) -> Tenant:
         updated_at=_aware(row.updated_at),
         key_id=row.key_id,
     )
+
+
+def _presented(api_key: str | PresentedKey | None) -> PresentedKey | None:
+    if api_key is None or isinstance(api_key, PresentedKey):
+        return api_key
+    return PresentedKey.parse(api_key)
 
 
 def _write_params(row: TenantRow, params: DefenseParams) -> None:
@@ -260,16 +272,17 @@ class TenantStore:
             if getattr(result, "rowcount", 0) == 0:
                 raise TenantNotFound(f"no tenant named {name!r}")
 
-    def authenticate(self, api_key: str) -> Tenant | None:
+    def authenticate(self, api_key: str | PresentedKey | None) -> Tenant | None:
         """The tenant owning `api_key`, or None for a malformed or unknown key.
 
-        Raises StoreUnavailable when the database is down and no answer for
-        this key was loaded within `stale_grace_seconds`.
+        Takes the key as sent or as a `PresentedKey` (parsed and hashed once per
+        request). Raises StoreUnavailable when the database is down and no answer
+        for this key was loaded within `stale_grace_seconds`.
         """
-        key_id = parse_key_id(api_key)
-        if key_id is None:
+        presented = _presented(api_key)
+        if presented is None:
             return None
-        key_hash = hash_api_key(api_key)
+        key_hash = presented.key_hash
         now = self._clock()
         with self._lock:
             entry = self._cache.get(key_hash)
@@ -277,7 +290,7 @@ class TenantStore:
         if entry is not None and now - entry.loaded_at < self._cache_ttl:
             return entry.tenant
         try:
-            tenant = self._load_by_key(key_id, api_key)
+            tenant = self._load_by_key(presented)
         except _UNAVAILABLE_ERRORS as exc:
             if entry is not None and now - entry.loaded_at <= self._stale_grace:
                 logger.warning("tenant database unavailable; serving cached %r", entry.tenant.name)
@@ -293,18 +306,20 @@ class TenantStore:
                     self._cache[key_hash] = _CacheEntry(tenant, now)
         return tenant
 
-    def cached(self, api_key: str, *, min_remaining_seconds: float = 0.0) -> Tenant | None:
+    def cached(
+        self, api_key: str | PresentedKey | None, *, min_remaining_seconds: float = 0.0
+    ) -> Tenant | None:
         """The tenant owning ``api_key`` if this process holds a fresh answer for it
         (one that stays fresh for at least ``min_remaining_seconds`` more), else None.
 
         Never touches the database, so it may run on the event loop: a None means
         "ask ``authenticate``", not "unknown key".
         """
-        if parse_key_id(api_key) is None:
+        presented = _presented(api_key)
+        if presented is None:
             return None
-        key_hash = hash_api_key(api_key)
         with self._lock:
-            entry = self._cache.get(key_hash)
+            entry = self._cache.get(presented.key_hash)
         if entry is None:
             return None
         if self._clock() - entry.loaded_at + min_remaining_seconds < self._cache_ttl:
@@ -331,10 +346,12 @@ class TenantStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _load_by_key(self, key_id: str, api_key: str) -> Tenant | None:
+    def _load_by_key(self, presented: PresentedKey) -> Tenant | None:
         with self._guard, self._sessions() as session:
-            row = session.scalars(select(TenantRow).where(TenantRow.key_id == key_id)).first()
-            if row is None or not verify(api_key, row.key_hash):
+            row = session.scalars(
+                select(TenantRow).where(TenantRow.key_id == presented.key_id)
+            ).first()
+            if row is None or not presented.matches(row.key_hash):
                 return None
             return _to_tenant(row)
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api import fastpath
+from service.api import fastpath, inference
 from service.app import create_app
 from service.settings import Settings
 
@@ -104,8 +104,8 @@ def test_fast_route_answers_like_the_fastapi_route(
 ) -> None:
     fast, plain, keys = clients
     served: list[str] = []
-    route = fastpath._route
-    monkeypatch.setattr(fastpath, "_route", lambda path: served.append(path) or route(path))
+    route = fastpath.match
+    monkeypatch.setattr(fastpath, "match", lambda path: served.append(path) or route(path))
     cases = _cases(keys)
     for path, kwargs in cases:
         a = fast.post(path, **kwargs)  # type: ignore[arg-type]
@@ -146,17 +146,17 @@ def test_other_methods_and_paths_go_to_fastapi(
 
 
 class _ThreadPoolCalls:
-    """Counts the fast route's hops to the thread pool (inline requests make none)."""
+    """Counts the inference routes' hops to the thread pool (inline requests make none)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        hop = fastpath.run_in_threadpool
+        hop = inference.run_in_threadpool
 
         async def counted(*args: object, **kwargs: object) -> object:
             self.count += 1
             return await hop(*args, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(fastpath, "run_in_threadpool", counted)
+        monkeypatch.setattr(inference, "run_in_threadpool", counted)
 
 
 def _hops(settings: Settings, monkeypatch: pytest.MonkeyPatch, tenant: dict[str, object],

@@ -8,12 +8,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from service.audit.adaptive import (
-    attacker_copies,
-    balanced_exclusions,
-    logit_margin,
-    reference_scores,
-)
 from service.audit.attacks import lira_offline, lira_online
 from service.audit.attacks.adaptive import (
     answer_spread,
@@ -23,6 +17,12 @@ from service.audit.attacks.adaptive import (
 )
 from service.audit.attacks.lira import lira_leave_one_out
 from service.audit.attacks.queries import recover_logits
+from service.audit.defense_aware import (
+    attacker_copies,
+    balanced_exclusions,
+    logit_margin,
+    reference_scores,
+)
 from service.audit.defenses import DynaNoiseDefense, build_defenses
 from service.defense import DefenseParams, NoiseMode, keyed_seeds
 

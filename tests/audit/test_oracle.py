@@ -142,7 +142,8 @@ def test_black_box_audit_of_a_live_deployment(deployment: Deployment) -> None:
     """`dynanoise audit --endpoint ...`: the served defense is attacked over HTTP with
     near-duplicates, no_defense in process beside it, members told apart by the
     manifest's split, the attacker's population as shadows."""
-    from service.audit.runner import AuditConfig, HttpTarget, run_audit
+    from service.audit.config import AuditConfig, HttpTarget
+    from service.audit.runner import run_audit
 
     key = _tenant(deployment, "audited", noise_mode="keyed")
     config = AuditConfig(

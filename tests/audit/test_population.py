@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from service.audit.adaptive import QuerySet, Targets, attack_defense, cache_population
+from service.audit.defense_aware import QuerySet, Targets, attack_defense, cache_population
 from service.audit.defenses import DefenseFactory
 from service.audit.population import (
     Population,

@@ -11,16 +11,18 @@ import pytest
 from numpy.typing import NDArray
 
 from service.audit.attacks import PAPER_ATTACK_NAMES, label_only_accuracy
+from service.audit.config import AuditConfig
 from service.audit.defenses import DEFENSE_NAMES, build_defenses
 from service.audit.protocol import (
     PAPER_ATTACKS,
     PROTOCOLS,
     EvalSet,
     FittedOnEvaluationRows,
+    ShadowLogits,
     paper_protocol,
 )
-from service.audit.runner import AuditConfig, AuditOutcome, run_audit
-from service.audit.shadows import Rows, ShadowLogits
+from service.audit.rows import Rows
+from service.audit.runner import AuditOutcome, run_audit
 
 N_CLASSES = 10
 

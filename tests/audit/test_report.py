@@ -137,7 +137,7 @@ def test_endpoint_without_key_is_refused(
 
 
 def test_quick_fills_only_the_options_left_out() -> None:
-    from service.audit.runner import AuditConfig, HttpTarget
+    from service.audit.config import AuditConfig, HttpTarget
     from service.commands.audit import _plan
 
     args = build_parser().parse_args(["audit", "--out", "x", "--quick", "--repeats", "3"])

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("sklearn")
 
+from service.audit.architectures import EmbeddingBagClassifier, build_model  # noqa: E402
 from service.audit.datasets import Dataset, Kind, load_dataset  # noqa: E402
-from service.audit.models import EmbeddingBagClassifier, build_model  # noqa: E402
 from service.audit.splits import Split, check_disjoint  # noqa: E402
 from service.audit.training import (  # noqa: E402
     export_onnx,

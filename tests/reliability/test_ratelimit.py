@@ -205,7 +205,9 @@ def test_enforce_raises_rate_limited_with_the_wait(tmp_path: Path) -> None:
     with pytest.raises(RateLimited) as refused:
         limiter.enforce(tenant)
     assert refused.value.retry_after_seconds == pytest.approx(2.0)
-    assert refused.value.status_code == 429
+    from service.api.status import status_for
+
+    assert status_for(refused.value).status == 429
     store.close()
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,9 +41,11 @@ from .attacks.lira import lira_leave_one_out
 from .attacks.rmia import rmia_scores
 from .defenses import AuditedDefense, DynaNoiseDefense
 from .oracle import Oracle
-from .population import Population
-from .shadows import stable_rng
+from .seeds import stable_rng
 from .statistics import repeated_attack_metrics
+
+if TYPE_CHECKING:
+    from .population import Population
 
 FloatArray = NDArray[np.float64]
 Probabilities = NDArray[np.float32]

@@ -1,9 +1,9 @@
-"""Protocol decoding and encoding: v1 JSON and Open Inference Protocol v2 (JSON and
-binary tensors) to and from numpy. The runtime never sees these wire formats."""
+"""Open Inference Protocol v2 (KServe / Triton REST): JSON tensors and the binary
+tensor data extension (``Inference-Header-Content-Length``, ``binary_data_size``,
+``binary_data`` / ``binary_data_output``), both directions."""
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,109 +11,27 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from ..errors import BadInput, MalformedBody, PayloadTooLarge
+from ..errors import BadInput
+from .dtypes import V2_DTYPES, v2_datatype
+from .encoding import check_batch, dumps, parse_json, to_array
 
-# Open Inference Protocol datatypes we accept for numeric input tensors.
-V2_DTYPES: dict[str, np.dtype[Any]] = {
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "INT8": np.dtype("i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "UINT8": np.dtype("u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-}
 OUTPUT_NAME = "probabilities"
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo a gzip/deflate Content-Encoding, refusing to inflate past ``limit`` bytes."""
-    if not encoding or encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise BadInput(f"unsupported Content-Encoding {encoding!r}")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise MalformedBody(f"body is not valid {encoding} data") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
-    return out
-
-
-def parse_json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise MalformedBody("body is not valid JSON") from None
-
-
-def to_array(values: Any, what: str, dtype: np.dtype[Any] | None = None) -> NDArray[Any]:
-    """Nested JSON lists -> a numeric ndarray, or a clear 422."""
-    try:
-        array = np.array(values, dtype=dtype)
-    except (ValueError, TypeError, OverflowError):
-        raise BadInput(f"{what} must be a rectangular array of numbers") from None
-    if array.dtype.kind not in "iuf":
-        raise BadInput(f"{what} must contain numbers only")
-    return array
-
-
-# ---------------------------------------------------------------- v1
-
-
-def decode_v1(body: bytes, max_batch: int) -> NDArray[Any]:
-    """{"instances": [instance, ...]} -> array (n, *sample_shape)."""
-    payload = parse_json(body)
-    if not isinstance(payload, dict) or "instances" not in payload:
-        raise BadInput('body must be a JSON object with an "instances" list')
-    instances = payload["instances"]
-    if not isinstance(instances, list):
-        raise BadInput('"instances" must be a list')
-    _check_batch(len(instances), max_batch)
-    return to_array(instances, '"instances"')
-
-
-def encode_v1(
-    name: str, version: str, labels: list[str], probabilities: NDArray[np.float32]
-) -> bytes:
-    probabilities = np.ascontiguousarray(probabilities)
-    top = probabilities.argmax(axis=1).tolist()
-    # orjson writes float32 arrays with their shortest repr (0.1, not 0.10000000149011612).
-    predictions = [
-        {"label": labels[i], "probabilities": probabilities[row]} for row, i in enumerate(top)
-    ]
-    return orjson.dumps(
-        {"model": name, "model_version": version, "predictions": predictions},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
-
-
-def _check_batch(n: int, max_batch: int) -> None:
-    if n == 0:
-        raise BadInput("the batch is empty")
-    if n > max_batch:
-        raise BadInput(f"batch of {n} exceeds the limit of {max_batch} instances")
-
-
-# ---------------------------------------------------------------- v2
-
-
 @dataclass(frozen=True, slots=True)
 class V2Request:
+    """A decoded inference request: the input batch and how to answer it."""
+
     batch: NDArray[Any]
     request_id: str | None
     binary_output: bool
 
 
-def decode_v2(body: bytes, header_length: str | None, input_name: str, max_batch: int) -> V2Request:
-    """An inference request, JSON or with the binary tensor data extension."""
+def decode_v2_request(
+    body: bytes, header_length: str | None, input_name: str, max_batch: int
+) -> V2Request:
+    """Server side: an inference request, JSON or with binary tensor data."""
     binary = b""
     if header_length is not None:
         try:
@@ -148,7 +66,7 @@ def _decode_tensor(tensor: dict[str, Any], binary: bytes, max_batch: int) -> NDA
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise BadInput('"shape" must be a non-empty list of non-negative integers')
-    _check_batch(shape[0], max_batch)
+    check_batch(shape[0], max_batch)
     size = int(np.prod(shape, dtype=np.int64))
     params = tensor.get("parameters") or {}
     binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
@@ -204,10 +122,11 @@ def _wants_binary(payload: dict[str, Any]) -> bool:
     return bool(isinstance(params, dict) and params.get("binary_data_output", False))
 
 
-def encode_v2(
+def encode_v2_response(
     name: str, version: str, request: V2Request, probabilities: NDArray[np.float32]
 ) -> tuple[bytes, dict[str, str]]:
-    """Response body and extra headers; binary output appends raw little-endian FP32."""
+    """Server side: response body and extra headers; binary output appends raw
+    little-endian FP32 after the JSON header."""
     output: dict[str, Any] = {
         "name": OUTPUT_NAME,
         "datatype": "FP32",
@@ -222,7 +141,61 @@ def encode_v2(
     response: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": [output]}
     if request.request_id is not None:
         response["id"] = request.request_id
-    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = dumps(response)
     if not raw:
         return header, {}
     return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def encode_v2_request(
+    x: NDArray[Any],
+    input_name: str,
+    *,
+    datatype: str | None = None,
+    binary: bool = True,
+    binary_output: bool = True,
+    request_id: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Client side: (body, headers) of an inference request for the batch ``x``.
+
+    ``binary`` sends the tensor as raw little-endian bytes after the JSON header;
+    ``binary_output`` asks for the probabilities the same way.
+    """
+    name = datatype or v2_datatype(np.asarray(x).dtype)
+    if name not in V2_DTYPES:
+        raise ValueError(f"unsupported datatype {name}")
+    array = np.ascontiguousarray(x, dtype=V2_DTYPES[name])
+    tensor: dict[str, Any] = {"name": input_name, "shape": list(array.shape), "datatype": name}
+    raw = b""
+    if binary:
+        raw = array.tobytes()
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        tensor["data"] = array.ravel()
+    payload: dict[str, Any] = {
+        "inputs": [tensor],
+        "outputs": [{"name": OUTPUT_NAME, "parameters": {"binary_data": binary_output}}],
+    }
+    if request_id is not None:
+        payload["id"] = request_id
+    header = dumps(payload)
+    headers = {"Content-Type": "application/json"}
+    if binary:
+        headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    return header + raw, headers
+
+
+def decode_v2_response(body: bytes, header_length: str | None) -> NDArray[np.float32]:
+    """Client side: the ``probabilities`` output, from JSON data or binary bytes.
+    ValueError if malformed."""
+    json_part, binary = (
+        (body[: int(header_length)], body[int(header_length) :]) if header_length else (body, b"")
+    )
+    try:
+        output = orjson.loads(json_part)["outputs"][0]
+        shape = output["shape"]
+        if binary:
+            return np.frombuffer(binary, dtype="<f4").reshape(shape).astype(np.float32)
+        return np.asarray(output["data"], dtype=np.float32).reshape(shape)
+    except (KeyError, IndexError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"malformed v2 answer: {exc}") from exc

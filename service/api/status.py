@@ -1,0 +1,154 @@
+"""The one table from exceptions to HTTP answers: status, error code, message.
+
+Every place that answers or counts an error asks `status_for`: the exception
+handlers, the lean inference routes, the guard middleware and the request
+metrics, so a response and its metric never disagree. The most specific class
+in an exception's MRO wins; anything unknown is a 500 (a bug, logged by type
+only, never with request data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from ..defense import InvalidParameters
+from ..errors import (
+    BadInput,
+    Conflict,
+    DefenseFailure,
+    DynanoiseError,
+    Forbidden,
+    MalformedBody,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+    UnknownModel,
+)
+from ..tenants import (
+    CorruptTenant,
+    InvalidTenantName,
+    StoreUnavailable,
+    TenantExists,
+    TenantNotFound,
+)
+
+logger = logging.getLogger("dynanoise.api")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorStatus:
+    """How one exception is answered."""
+
+    status: int
+    code: str
+    message: str
+    headers: Mapping[str, str] | None = None
+
+
+_TABLE: dict[type[BaseException], tuple[int, str]] = {
+    BadInput: (422, "bad_input"),
+    MalformedBody: (400, "malformed_body"),
+    PayloadTooLarge: (413, "payload_too_large"),
+    UnknownModel: (404, "unknown_model"),
+    Unauthorized: (401, "unauthorized"),
+    Forbidden: (403, "forbidden"),
+    NotFound: (404, "not_found"),
+    Conflict: (409, "conflict"),
+    RateLimited: (429, "rate_limited"),
+    ServiceUnavailable: (503, "unavailable"),
+    DefenseFailure: (500, "internal_error"),
+    InvalidParameters: (422, "invalid_parameters"),
+    InvalidTenantName: (422, "invalid_parameters"),
+    TenantNotFound: (404, "not_found"),
+    TenantExists: (409, "conflict"),
+    StoreUnavailable: (503, "unavailable"),
+    CorruptTenant: (500, "internal_error"),
+    RequestValidationError: (422, "invalid_request"),
+}
+ANSWERED = (*_TABLE, HTTPException)
+"""Every exception class the table answers (besides the catch-all 500)."""
+
+_HTTP_CODES = {
+    400: "malformed_body",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+_FIXED_MESSAGES = {
+    StoreUnavailable: "tenant store unavailable, retry later",
+    CorruptTenant: "internal error",
+}
+
+
+def status_for(exc: BaseException) -> ErrorStatus:
+    """The status, code, client-safe message and headers that answer ``exc``."""
+    if isinstance(exc, HTTPException):
+        return ErrorStatus(
+            exc.status_code,
+            _HTTP_CODES.get(exc.status_code, "http_error"),
+            str(exc.detail),
+            exc.headers,
+        )
+    for cls in type(exc).__mro__:
+        if cls in _TABLE:
+            status, code = _TABLE[cls]
+            return ErrorStatus(status, code, _message(exc, cls), _headers(exc))
+    return ErrorStatus(500, "internal_error", "internal error")
+
+
+def _message(exc: BaseException, cls: type[BaseException]) -> str:
+    if cls in _FIXED_MESSAGES:
+        return _FIXED_MESSAGES[cls]
+    if isinstance(exc, DynanoiseError):
+        return exc.message
+    if isinstance(exc, RequestValidationError):
+        # Name the fields and what is wrong with them, without echoing the values sent.
+        problems = [
+            f"{'.'.join(str(p) for p in err.get('loc', ()) if p != 'body') or 'body'}: "
+            f"{err.get('msg', 'invalid')}"
+            for err in exc.errors()
+        ]
+        return "; ".join(problems)[:1000]
+    return str(exc)
+
+
+def _headers(exc: BaseException) -> Mapping[str, str] | None:
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(max(1, round(exc.retry_after_seconds + 0.5)))}
+    return None
+
+
+OK = 200
+
+
+def status_code_of(exc: BaseException | None) -> int:
+    """The status a request is counted under: 200 without an exception."""
+    return OK if exc is None else status_for(exc).status
+
+
+def error_body(status: ErrorStatus) -> bytes:
+    return orjson.dumps({"error": {"code": status.code, "message": status.message}})
+
+
+def error_response(exc: BaseException) -> Response:
+    """The JSON answer to ``exc``; a 500 is logged (the exception's type, no data)."""
+    status = status_for(exc)
+    if status.status >= 500:
+        logger.error("%s answered %d", type(exc).__name__, status.status, exc_info=exc)
+    return Response(
+        error_body(status),
+        status_code=status.status,
+        headers=dict(status.headers) if status.headers else None,
+        media_type="application/json",
+    )

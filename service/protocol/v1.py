@@ -1,0 +1,57 @@
+"""v1 JSON: ``{"instances": [...]}`` in, ``{"model", "model_version", "predictions":
+[{"label", "probabilities"}]}`` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from ..errors import BadInput
+from .encoding import check_batch, dumps, parse_json, to_array
+
+
+def decode_v1_request(body: bytes, max_batch: int) -> NDArray[Any]:
+    """Server side: {"instances": [instance, ...]} -> array (n, *sample_shape)."""
+    payload = parse_json(body)
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise BadInput('body must be a JSON object with an "instances" list')
+    instances = payload["instances"]
+    if not isinstance(instances, list):
+        raise BadInput('"instances" must be a list')
+    check_batch(len(instances), max_batch)
+    return to_array(instances, '"instances"')
+
+
+def encode_v1_response(
+    name: str, version: str, labels: list[str], probabilities: NDArray[np.float32]
+) -> bytes:
+    """Server side: the answer body; float32 values keep their shortest repr."""
+    probabilities = np.ascontiguousarray(probabilities)
+    top = probabilities.argmax(axis=1).tolist()
+    predictions = [
+        {"label": labels[i], "probabilities": probabilities[row]} for row, i in enumerate(top)
+    ]
+    return dumps({"model": name, "model_version": version, "predictions": predictions})
+
+
+def encode_v1_request(x: NDArray[Any]) -> bytes:
+    """Client side: a batch (n, *sample_shape) as a v1 request body."""
+    return dumps({"instances": np.ascontiguousarray(x)})
+
+
+def decode_v1_response(body: bytes) -> tuple[NDArray[np.float32], list[str]]:
+    """Client side: (probabilities (n, k) as the float32 the server computed, labels).
+
+    The server writes float32 values with their shortest repr: parsing them as
+    float64 and casting back gives the exact float32. ValueError if malformed.
+    """
+    try:
+        predictions = orjson.loads(body)["predictions"]
+        probabilities = np.array([p["probabilities"] for p in predictions], dtype=np.float64)
+        labels = [str(p["label"]) for p in predictions]
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"malformed v1 answer: {exc}") from exc
+    return probabilities.astype(np.float32), labels

@@ -1,0 +1,140 @@
+"""One inference pipeline for every protocol (MLServer's ``DataPlane.infer``).
+
+observe -> read the body -> authenticate -> rate-limit -> authorize -> decode ->
+validate -> predict -> encode. Routes and the lean ASGI path only turn a request
+into an `InferenceCall` and the `Encoded` answer into a response; the status a
+failure is counted under comes from the API's one error table (``status_of``),
+so this module never speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from ..errors import Forbidden, Unauthorized
+from ..inference import DefenseContext
+from ..metrics import UNKNOWN, ServiceMetrics
+from ..protocol import decompress
+from ..runtime import OnnxClassifier
+from ..tenants import PresentedKey, Tenant
+from .codecs import Codec, Encoded
+from .services import Services
+
+StatusOf = Callable[[BaseException | None], int]
+"""The status code a request is answered with, given its exception or None (the API's
+error table)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceCall:
+    """One inference request, protocol-neutral.
+
+    ``api_key`` is the bearer token as sent (None: no Authorization header), parsed
+    and hashed once into ``key``; ``headers`` are the request's (case-insensitive
+    names); ``body`` is the raw body, its size already capped.
+    """
+
+    codec: Codec
+    model: str
+    version: str | None
+    api_key: str | None
+    body: bytes
+    headers: Mapping[str, str]
+    key: PresentedKey | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        key = PresentedKey.parse(self.api_key) if self.api_key else None
+        object.__setattr__(self, "key", key)
+
+
+class RequestObservation:
+    """Times a request and counts it by status code, labelled by the tenant and model
+    once they are known (UNKNOWN before that)."""
+
+    def __init__(self, metrics: ServiceMetrics, endpoint: str, status_of: StatusOf) -> None:
+        self._metrics = metrics
+        self._endpoint = endpoint
+        self._status_of = status_of
+        self.tenant = UNKNOWN
+        self.model = UNKNOWN
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> RequestObservation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        code = self._status_of(exc)
+        self._metrics.observe_request(
+            self.model, self.tenant, self._endpoint, code, time.perf_counter() - self._started
+        )
+
+
+class DataPlane:
+    """The inference pipeline of one process."""
+
+    def __init__(self, services: Services, status_of: StatusOf) -> None:
+        self.services = services
+        self.status_of = status_of
+
+    def infer(self, call: InferenceCall, tenant: Tenant | None = None) -> Encoded:
+        """Defended answer to ``call``; ``tenant`` when the caller already resolved it
+        from the auth cache (the lean path), else it is authenticated here."""
+        services = self.services
+        settings = services.settings
+        with RequestObservation(services.metrics, call.codec.name, self.status_of) as seen:
+            body = decompress(
+                call.body, call.headers.get("content-encoding"), settings.max_body_bytes
+            )
+            tenant = tenant if tenant is not None else self.authenticate(call)
+            seen.tenant = tenant.name
+            services.rate_limiter.enforce(tenant)
+            classifier = self.authorize(tenant, call.model)
+            seen.model = classifier.name
+            manifest = classifier.manifest
+            decoded = call.codec.decode(
+                body, call.headers, manifest, call.version, settings.max_batch
+            )
+            batch = classifier.validate(decoded.batch)
+            context = DefenseContext(tenant.name, tenant.params, tenant.noise_secret)
+            probabilities = services.predictor.predict(classifier, context, batch)
+            return call.codec.encode(manifest, decoded, probabilities)
+
+    def authenticate(self, call: InferenceCall) -> Tenant:
+        if not call.api_key:
+            raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
+        tenant = self.services.store.authenticate(call.key)
+        if tenant is None:
+            raise Unauthorized("invalid API key")
+        return tenant
+
+    def authorize(self, tenant: Tenant, model_name: str) -> OnnxClassifier:
+        model = self.services.registry.get(model_name)
+        if not tenant.allows(model.name):
+            raise Forbidden(f"this API key may not use model {model_name!r}")
+        return model
+
+    def cached_tenant(self, call: InferenceCall, margin_seconds: float) -> Tenant | None:
+        """The caller's tenant when ``call`` may run on the event loop, else None.
+
+        Only when nothing in it can block: its tenant is in this process's auth cache
+        (fresh for ``margin_seconds`` more), it has no rate limit (the limiter may
+        write to the database), micro-batching is off (a batched request waits for
+        others) and the body is small (``inline_max_body_bytes``).
+        """
+        services = self.services
+        if call.key is None or len(call.body) > services.settings.inline_max_body_bytes:
+            return None
+        if services.predictor.batching:
+            return None
+        tenant = services.store.cached(call.key, min_remaining_seconds=margin_seconds)
+        if tenant is None or tenant.rate_limit_per_second is not None:
+            return None
+        return tenant

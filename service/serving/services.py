@@ -1,0 +1,55 @@
+"""The service container: everything a request needs, built once per process."""
+
+from __future__ import annotations
+
+from dataclasses import InitVar, dataclass, field
+
+from ..inference import Predictor
+from ..metrics import ServiceMetrics
+from ..ratelimit import RateLimiter
+from ..runtime import ModelRegistry
+from ..settings import Settings
+from ..tenants import TenantStore
+
+
+@dataclass
+class Services:
+    """Settings, models, tenants, metrics and the predictor of one process.
+
+    The rate limiter shares the tenant store's database unless one is passed in.
+    """
+
+    settings: Settings
+    registry: ModelRegistry
+    store: TenantStore
+    metrics: ServiceMetrics
+    predictor: Predictor
+    rate_limiter: RateLimiter = field(init=False)
+    limiter: InitVar[RateLimiter | None] = None
+
+    def __post_init__(self, limiter: RateLimiter | None) -> None:
+        self.rate_limiter = (
+            limiter
+            if limiter is not None
+            else RateLimiter(
+                self.store.engine, burst_seconds=self.settings.rate_limit_burst_seconds
+            )
+        )
+
+
+def build_services(settings: Settings) -> Services:
+    """Load every model and open (and migrate) the tenant store. Raises on a broken model."""
+    registry = ModelRegistry.load(settings.models_dir, intra_op_threads=settings.onnx_threads)
+    store = TenantStore(
+        settings.database_url,
+        cache_ttl_seconds=settings.tenant_cache_seconds,
+        stale_grace_seconds=settings.stale_tenant_grace_seconds,
+    )
+    store.migrate()
+    metrics = ServiceMetrics()
+    predictor = Predictor(
+        metrics,
+        batching_max_delay_ms=settings.batching_max_delay_ms,
+        batching_max_batch=settings.batching_max_batch,
+    )
+    return Services(settings, registry, store, metrics, predictor)
