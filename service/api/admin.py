@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from starlette.responses import Response
 
 from ..defense import DefenseParams
+from ..defense.params import PARAMETER_NAMES
 from ..errors import BadInput
 from ..tenants import Tenant
 from .deps import Services, admin_bearer, check_admin, get_services
@@ -31,14 +32,6 @@ router = APIRouter(
     responses={s: ERROR_RESPONSES[s] for s in (400, 401, 403, 413, 422, 503)},
 )
 
-_PARAM_FIELDS = (
-    "base_variance",
-    "lambda_scale",
-    "temperature",
-    "ensemble_size",
-    "sensitivity",
-    "noise_mode",
-)
 # Fields where an explicit null means something (all models / no limit).
 _NULLABLE_FIELDS = ("allowed_models", "rate_limit_per_second")
 
@@ -74,7 +67,7 @@ async def create_tenant(
     body: TenantCreate, services: Services = Depends(get_services)
 ) -> TenantCreated:
     _check_models(services, body.allowed_models)
-    params = DefenseParams(**body.model_dump(include=set(_PARAM_FIELDS)))
+    params = DefenseParams(**body.model_dump(include=set(PARAMETER_NAMES)))
     tenant, key = await run_in_threadpool(
         services.store.create,
         body.name,

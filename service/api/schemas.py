@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..defense import MAX_ENSEMBLE_SIZE, NoiseMode, Sensitivity
+from ..defense import DefenseParams, NoiseMode, Sensitivity
+from ..defense.params import DESCRIPTIONS, RANGES
 
 # ---------------------------------------------------------------- v1
 
@@ -170,17 +171,30 @@ class V2ServerMetadata(BaseModel):
 # ---------------------------------------------------------------- admin
 
 
+_DEFAULTS = DefenseParams()
+
+
+def _parameter(name: str, *, optional: bool = False) -> Any:
+    """The Field of defense parameter ``name``: its default (DefenseParams'), its range
+    (RANGES) and its description, stated once in service.defense.params. The range is
+    published here for the docs; DefenseParams itself enforces it."""
+    valid = RANGES.get(name)
+    bounds: dict[str, Any] = {}
+    if valid is not None:
+        bounds["ge" if valid.inclusive else "gt"] = valid.low
+        if valid.high is not None:
+            bounds["le"] = valid.high
+    default = None if optional else getattr(_DEFAULTS, name)
+    return Field(default, description=DESCRIPTIONS[name], **bounds)
+
+
 class _DefenseFields(BaseModel):
-    base_variance: float = Field(0.3, ge=0, description="sigma0^2, the base noise variance.")
-    lambda_scale: float = Field(
-        2.0, ge=0, description="lambda: how much the sensitivity scales the variance."
-    )
-    temperature: float = Field(10.0, gt=0, description="T of the final softmax.")
-    ensemble_size: int = Field(1, ge=1, le=MAX_ENSEMBLE_SIZE, description="M noise draws averaged.")
-    sensitivity: Sensitivity = Field(Sensitivity.ENTROPY, description="How R is measured.")
-    noise_mode: NoiseMode = Field(
-        NoiseMode.FRESH, description="fresh: new noise per call; keyed: sticky."
-    )
+    base_variance: float = _parameter("base_variance")
+    lambda_scale: float = _parameter("lambda_scale")
+    temperature: float = _parameter("temperature")
+    ensemble_size: int = _parameter("ensemble_size")
+    sensitivity: Sensitivity = _parameter("sensitivity")
+    noise_mode: NoiseMode = _parameter("noise_mode")
     allowed_models: list[str] | None = Field(
         None, description="Models this tenant may use; null = all."
     )
@@ -208,12 +222,12 @@ class TenantUpdate(BaseModel):
         json_schema_extra={"examples": [{"base_variance": 0.5, "noise_mode": "keyed"}]},
     )
 
-    base_variance: float | None = Field(None, ge=0)
-    lambda_scale: float | None = Field(None, ge=0)
-    temperature: float | None = Field(None, gt=0)
-    ensemble_size: int | None = Field(None, ge=1, le=MAX_ENSEMBLE_SIZE)
-    sensitivity: Sensitivity | None = None
-    noise_mode: NoiseMode | None = None
+    base_variance: float | None = _parameter("base_variance", optional=True)
+    lambda_scale: float | None = _parameter("lambda_scale", optional=True)
+    temperature: float | None = _parameter("temperature", optional=True)
+    ensemble_size: int | None = _parameter("ensemble_size", optional=True)
+    sensitivity: Sensitivity | None = _parameter("sensitivity", optional=True)
+    noise_mode: NoiseMode | None = _parameter("noise_mode", optional=True)
     allowed_models: list[str] | None = None
     rate_limit_per_second: float | None = Field(None, gt=0)
 

@@ -115,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch
 
+        from ..audit.config import AuditConfig, HttpTarget
         from ..audit.gate import describe, gate_verdict
         from ..audit.report import write_report
-        from ..audit.runner import AuditConfig, HttpTarget, run_audit
+        from ..audit.runner import run_audit
     except ModuleNotFoundError as exc:
         print(
             f"dynanoise audit needs the audit extra (pip install '.[audit]'): {exc}",
@@ -211,20 +212,7 @@ def parse_params(text: str | None) -> Any:
     """'base_variance=0.3,noise_mode=keyed' -> DefenseParams (other fields: the paper's)."""
     from ..defense import DefenseParams
 
-    if not text:
-        return DefenseParams()
-    fields: dict[str, Any] = {}
-    for item in text.split(","):
-        key, _, value = (part.strip() for part in item.partition("="))
-        if key in ("base_variance", "lambda_scale", "temperature"):
-            fields[key] = float(value)
-        elif key == "ensemble_size":
-            fields[key] = int(value)
-        elif key in ("sensitivity", "noise_mode"):
-            fields[key] = value
-        else:
-            raise ValueError(f"unknown defense parameter {key!r}")
-    return DefenseParams(**fields)
+    return DefenseParams.parse(text)
 
 
 def split_names(values: Sequence[str]) -> tuple[str, ...]:

@@ -9,17 +9,11 @@ import sys
 from typing import Any
 
 from ..defense import MAX_ENSEMBLE_SIZE, DefenseParams, InvalidParameters, NoiseMode, Sensitivity
+from ..defense.params import PARAMETER_NAMES
 from ..settings import Settings
 from ..tenants import InvalidTenantName, TenantExists, TenantNotFound, TenantStore
 
-_PARAMS = (
-    "base_variance",
-    "lambda_scale",
-    "temperature",
-    "ensemble_size",
-    "sensitivity",
-    "noise_mode",
-)
+_PARAMS = PARAMETER_NAMES
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import Any, NamedTuple
 
 
 class Sensitivity(StrEnum):
@@ -29,6 +30,41 @@ class InvalidParameters(ValueError):
     """A defense parameter lies outside its valid range."""
 
 
+class Range(NamedTuple):
+    """A numeric parameter's valid range: > low (or >= when ``inclusive``), <= high."""
+
+    low: float
+    inclusive: bool
+    high: float | None = None
+
+    def contains(self, value: float) -> bool:
+        above = value >= self.low if self.inclusive else value > self.low
+        return above and (self.high is None or value <= self.high)
+
+    def describe(self) -> str:
+        low = f"{'>=' if self.inclusive else '>'} {self.low:g}"
+        return low if self.high is None else f"in [{self.low:g}, {self.high:g}]"
+
+
+RANGES: dict[str, Range] = {
+    "base_variance": Range(0.0, inclusive=True),
+    "lambda_scale": Range(0.0, inclusive=True),
+    "temperature": Range(0.0, inclusive=False),
+    "ensemble_size": Range(1, inclusive=True, high=MAX_ENSEMBLE_SIZE),
+}
+"""The one statement of the numeric ranges: DefenseParams checks them, the admin API's
+schema publishes them."""
+
+DESCRIPTIONS: dict[str, str] = {
+    "base_variance": "sigma0^2, the base noise variance.",
+    "lambda_scale": "lambda: how much the sensitivity scales the variance.",
+    "temperature": "T of the final softmax.",
+    "ensemble_size": "M noise draws averaged.",
+    "sensitivity": "How R is measured.",
+    "noise_mode": "fresh: new noise per call; keyed: sticky.",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class DefenseParams:
     """DynaNoise parameters, named as in the spec.
@@ -51,23 +87,49 @@ class DefenseParams:
             object.__setattr__(self, "noise_mode", NoiseMode(self.noise_mode))
         except ValueError as exc:
             raise InvalidParameters(str(exc)) from None
-        _check_finite("base_variance", self.base_variance)
-        _check_finite("lambda_scale", self.lambda_scale)
-        _check_finite("temperature", self.temperature)
-        if self.base_variance < 0:
-            raise InvalidParameters("base_variance must be >= 0")
-        if self.lambda_scale < 0:
-            raise InvalidParameters("lambda_scale must be >= 0")
-        if self.temperature <= 0:
-            raise InvalidParameters("temperature must be > 0")
+        for name in ("base_variance", "lambda_scale", "temperature"):
+            _check_finite(name, getattr(self, name))
         if isinstance(self.ensemble_size, bool) or int(self.ensemble_size) != self.ensemble_size:
             raise InvalidParameters("ensemble_size must be an integer")
-        if not 1 <= self.ensemble_size <= MAX_ENSEMBLE_SIZE:
-            raise InvalidParameters(f"ensemble_size must be in [1, {MAX_ENSEMBLE_SIZE}]")
+        for name, valid in RANGES.items():
+            if not valid.contains(getattr(self, name)):
+                raise InvalidParameters(f"{name} must be {valid.describe()}")
 
     @property
     def adds_noise(self) -> bool:
         return self.base_variance > 0
+
+    @classmethod
+    def parse(cls, text: str | None) -> DefenseParams:
+        """'base_variance=0.3,noise_mode=keyed' -> DefenseParams (others: defaults)."""
+        values: dict[str, Any] = {}
+        for item in (text or "").split(","):
+            if not item.strip():
+                continue
+            name, _, value = (part.strip() for part in item.partition("="))
+            values[name] = parse_parameter(name, value)
+        return cls(**values)
+
+
+PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in fields(DefenseParams))
+"""Every defense parameter, in declaration order (API, CLI and audit use this list)."""
+
+_TYPES = {f.name: f.type for f in fields(DefenseParams)}
+
+
+def parse_parameter(name: str, text: str) -> Any:
+    """A parameter's value from text, in the type DefenseParams declares for it."""
+    if name not in _TYPES:
+        raise InvalidParameters(f"unknown defense parameter {name!r}; known: {PARAMETER_NAMES}")
+    kind = _TYPES[name]
+    try:
+        if kind in ("float", float):
+            return float(text)
+        if kind in ("int", int):
+            return int(text)
+    except ValueError:
+        raise InvalidParameters(f"{name} must be a number, got {text!r}") from None
+    return text
 
 
 def _check_finite(name: str, value: float) -> None:

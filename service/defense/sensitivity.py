@@ -7,6 +7,7 @@ variance of the DynaNoise noise grows with R (spec section 1).
 from __future__ import annotations
 
 import math
+from typing import assert_never
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,8 +55,10 @@ def class_axis_sensitivity(
         risk += 1.0  # 1 - H / log k
     elif measure is Sensitivity.TOP1:
         risk = (1.0 / total - 1.0 / k) / (1.0 - 1.0 / k)
-    else:
+    elif measure is Sensitivity.MARGIN:
         second = np.partition(e, k - 2, axis=axis).take([k - 2], axis=axis)
         risk = (1.0 - second) / total
+    else:  # a new member must say how it is computed, not fall through to another's
+        assert_never(measure)
     # Rounding can push R a hair outside [0, 1]; the variance formula assumes it is inside.
     return np.clip(risk, 0.0, 1.0, out=risk)
