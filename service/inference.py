@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .defense import DefenseParams, NoiseMode, apply_dynanoise
-from .defense.noise import KeyedSeeder, StandardNormalPool, keyed_standard_normal
+from .defense import DefenseParams, NoiseSource, StandardNormalPool, apply_dynanoise
 from .errors import BadInput, DefenseFailure
 from .metrics import ServiceMetrics
 from .runtime import OnnxClassifier
@@ -61,8 +60,10 @@ class Predictor:
         self._metrics = metrics
         # One generator per process: reseeding per call costs ~25 us. Its draws are
         # thread-safe (each value is served once) and never leave unmixed with logits.
-        self._normals = StandardNormalPool(rng if rng is not None else fresh_generator())
-        self._seeders: dict[tuple[bytes, str], KeyedSeeder] = {}
+        self._noise = NoiseSource(
+            StandardNormalPool(rng if rng is not None else fresh_generator()),
+            max_seeders=_MAX_SEEDERS,
+        )
         self._batching_delay_s = batching_max_delay_ms / 1000.0
         self._batching_max_batch = batching_max_batch
         self._batchers: dict[str, AdaptiveBatcher] = {}
@@ -129,22 +130,12 @@ class Predictor:
         shape: tuple[int, ...],
     ) -> NDArray[np.float64] | None:
         """The N(0, 1) draws the tenant's noise mode asks for, shape (n, M, k)."""
-        params = context.params
-        if not params.adds_noise:
-            return None
         n, k = shape
-        if params.noise_mode is NoiseMode.KEYED:
-            seeds = self._seeder(context.noise_secret, model.model_id).seeds(batch)
-            return keyed_standard_normal(seeds, params.ensemble_size, k)
-        return self._normals.draws(n, params.ensemble_size, k)
-
-    def _seeder(self, secret: bytes, model_id: str) -> KeyedSeeder:
-        key = (secret, model_id)
-        seeder = self._seeders.get(key)
-        if seeder is None:
-            seeder = KeyedSeeder(secret, model_id)
-            with self._lock:
-                if len(self._seeders) >= _MAX_SEEDERS:
-                    self._seeders.pop(next(iter(self._seeders)))
-                self._seeders[key] = seeder
-        return seeder
+        return self._noise.draws(
+            context.params,
+            n,
+            k,
+            inputs=batch,
+            secret=context.noise_secret,
+            model_id=model.model_id,
+        )

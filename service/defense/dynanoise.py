@@ -12,8 +12,8 @@ from numpy.typing import NDArray
 
 from ._compiled import kernel as _kernel
 from ._softmax import FloatArray
-from .noise import class_major, fresh_standard_normal, keyed_seeds, keyed_standard_normal
-from .params import DefenseParams, NoiseMode, Sensitivity
+from .noise import DirectNormals, NoiseSource, class_major
+from .params import DefenseParams, Sensitivity
 from .sensitivity import class_axis_sensitivity
 
 
@@ -258,26 +258,6 @@ def _softmax_in_place(
     a /= a.sum(axis=axis, keepdims=True)
 
 
-def draw_noise(
-    params: DefenseParams,
-    n: int,
-    n_classes: int,
-    *,
-    rng: np.random.Generator | None = None,
-    seeds: NDArray[np.uint64] | None = None,
-) -> NDArray[np.float64] | None:
-    """The N(0, 1) draws DynaNoise needs, from the source the noise mode names."""
-    if not params.adds_noise:
-        return None
-    if params.noise_mode is NoiseMode.KEYED:
-        if seeds is None:
-            raise ValueError("keyed noise needs per-row seeds (see keyed_seeds)")
-        return keyed_standard_normal(seeds, params.ensemble_size, n_classes)
-    if rng is None:
-        raise ValueError("fresh noise needs a numpy Generator")
-    return fresh_standard_normal(rng, n, params.ensemble_size, n_classes)
-
-
 def defend(
     logits: FloatArray,
     params: DefenseParams,
@@ -287,16 +267,11 @@ def defend(
     model_id: str = "",
     inputs: NDArray[np.generic] | None = None,
 ) -> DefenseOutput:
-    """Convenience wrapper: draw the noise the mode asks for, then apply DynaNoise.
-
-    Keyed mode needs ``secret``, ``model_id`` and the raw ``inputs`` that produced
-    the logits; fresh mode needs ``rng``.
-    """
+    """Draw the noise the mode asks for (a `NoiseSource` over ``rng``), then apply
+    DynaNoise. Keyed mode needs ``secret``, ``model_id`` and the raw ``inputs`` that
+    produced the logits; fresh mode needs ``rng``."""
     z = np.asarray(logits)
-    seeds = None
-    if params.adds_noise and params.noise_mode is NoiseMode.KEYED:
-        if secret is None or inputs is None:
-            raise ValueError("keyed noise needs the tenant secret and the inputs")
-        seeds = keyed_seeds(secret, model_id, inputs)
-    draws = draw_noise(params, z.shape[0], z.shape[1], rng=rng, seeds=seeds)
+    draws = NoiseSource(DirectNormals(rng)).draws(
+        params, z.shape[0], z.shape[1], inputs=inputs, secret=secret, model_id=model_id
+    )
     return apply_dynanoise(z, params, draws)

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from ._compiled import kernel as _kernel
 from ._compiled import keyed as _keyed
+from .params import DefenseParams, NoiseMode
 
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -243,3 +244,68 @@ def keyed_standard_normal(
     np.sin(angle, out=normals[n_pairs:])
     normals[n_pairs:] *= radius
     return normals[:per_row].T.reshape(n, ensemble_size, n_classes)
+
+
+class DirectNormals:
+    """Fresh draws straight from ``rng``, one ``standard_normal`` call a batch: the
+    audit's source, whose stream is reproducible from its seed alone."""
+
+    def __init__(self, rng: np.random.Generator | None) -> None:
+        self._rng = rng
+
+    def draws(self, n: int, ensemble_size: int, n_classes: int) -> NDArray[np.float64]:
+        if self._rng is None:
+            raise ValueError("fresh noise needs a numpy Generator")
+        return fresh_standard_normal(self._rng, n, ensemble_size, n_classes)
+
+
+FreshNormals = StandardNormalPool | DirectNormals
+
+
+class NoiseSource:
+    """The N(0, 1) draws DynaNoise needs, from the source a tenant's noise mode names.
+
+    fresh: from ``fresh`` (a `StandardNormalPool` when serving, `DirectNormals` in the
+    audit); keyed: from HMAC(secret, model id + row) seeds (`KeyedSeeder`, kept per
+    (secret, model id), at most ``max_seeders``). Serving and the audit both draw
+    through one of these, so the two cannot drift apart.
+    """
+
+    def __init__(self, fresh: FreshNormals, *, max_seeders: int = 1024) -> None:
+        self._fresh = fresh
+        self._max_seeders = max_seeders
+        self._seeders: dict[tuple[bytes, str], KeyedSeeder] = {}
+        self._lock = threading.Lock()
+
+    def draws(
+        self,
+        params: DefenseParams,
+        n: int,
+        n_classes: int,
+        *,
+        inputs: NDArray[np.generic] | None = None,
+        secret: bytes | None = None,
+        model_id: str = "",
+    ) -> NDArray[np.float64] | None:
+        """Draws of shape (n, ensemble_size, n_classes), or None when ``params`` add no
+        noise. Keyed mode needs the tenant ``secret`` and the raw ``inputs``."""
+        if not params.adds_noise:
+            return None
+        if params.noise_mode is NoiseMode.KEYED:
+            if secret is None or inputs is None:
+                raise ValueError("keyed noise needs the tenant secret and the inputs")
+            seeds = self.seeder(secret, model_id).seeds(inputs)
+            return keyed_standard_normal(seeds, params.ensemble_size, n_classes)
+        return self._fresh.draws(n, params.ensemble_size, n_classes)
+
+    def seeder(self, secret: bytes, model_id: str) -> KeyedSeeder:
+        """The (cached) seeder of one tenant secret and model."""
+        key = (secret, model_id)
+        seeder = self._seeders.get(key)
+        if seeder is None:
+            seeder = KeyedSeeder(secret, model_id)
+            with self._lock:
+                if len(self._seeders) >= self._max_seeders:
+                    self._seeders.pop(next(iter(self._seeders)))
+                self._seeders[key] = seeder
+        return seeder

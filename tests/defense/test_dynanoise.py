@@ -7,12 +7,13 @@ import pytest
 
 from service.defense import (
     DefenseParams,
+    DirectNormals,
     InvalidParameters,
     NoiseMode,
+    NoiseSource,
     Sensitivity,
     apply_dynanoise,
     defend,
-    draw_noise,
     keyed_seeds,
     keyed_standard_normal,
     sensitivity,
@@ -60,7 +61,7 @@ def test_noise_variance_matches_formula() -> None:
     params = DefenseParams(base_variance=0.3, lambda_scale=2.0, temperature=1.0)
     k, n = 10, 20_000
     logits = np.tile(np.array([[6.0, 1.0, 0, 0, 0, 0, 0, 0, 0, -1.0]]), (n, 1))
-    out = apply_dynanoise(logits, params, draw_noise(params, n, k, rng=_rng(3)))
+    out = apply_dynanoise(logits, params, NoiseSource(DirectNormals(_rng(3))).draws(params, n, k))
     log_p = np.log(out.probabilities.astype(np.float64))
     noise = log_p - logits
     noise -= noise.mean(axis=1, keepdims=True)
