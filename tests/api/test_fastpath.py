@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.api import fastpath, inference
 from service.app import create_app
+from service.protocol import encode_v2_request
 from service.settings import Settings
 
 from ..conftest import ADMIN_TOKEN, ROW_TOY
@@ -47,21 +48,7 @@ def clients(
 
 
 def _binary_body() -> tuple[bytes, dict[str, str]]:
-    raw = np.array([ROW_TOY], dtype=np.float32).tobytes()
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": [1, 4],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }
-    )
-    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
+    return encode_v2_request(np.array([ROW_TOY], dtype=np.float32), "input")
 
 
 def _cases(keys: dict[str, str]) -> list[tuple[str, dict[str, object]]]:

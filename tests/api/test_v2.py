@@ -6,6 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
+from service.protocol import decode_v2_response, encode_v2_request
+
 from ..conftest import Harness, bearer
 
 ROWS = np.array([[0.5, -1.0, 2.0, 0.25], [1.0, 1.0, 1.0, 1.0]], dtype=np.float32)
@@ -49,43 +51,25 @@ def test_json_infer(harness: Harness, nested: bool) -> None:
 
 def test_binary_infer_both_ways(harness: Harness) -> None:
     key = harness.add_tenant("acme", noise_mode="keyed")
-    raw = ROWS.tobytes()
-    header = orjson.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": [2, 4],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
-        }
-    )
+    body, headers = encode_v2_request(ROWS, "input", datatype="FP32")
     response = harness.client.post(
-        "/v2/models/toy/infer",
-        content=header + raw,
-        headers={
-            **bearer(key),
-            "Inference-Header-Content-Length": str(len(header)),
-            "Content-Type": "application/octet-stream",
-        },
+        "/v2/models/toy/infer", content=body, headers={**bearer(key), **headers}
     )
     assert response.status_code == 200, response.text
     json_size = int(response.headers["Inference-Header-Content-Length"])
-    meta = orjson.loads(response.content[:json_size])
-    (output,) = meta["outputs"]
-    size = output["parameters"]["binary_data_size"]
-    p = np.frombuffer(response.content[json_size:], dtype="<f4")
-    assert size == p.nbytes == 2 * 3 * 4
+    (output,) = orjson.loads(response.content[:json_size])["outputs"]
+    assert output["parameters"]["binary_data_size"] == 2 * 3 * 4
+    p = decode_v2_response(response.content, response.headers["Inference-Header-Content-Length"])
+    assert p.shape == (2, 3)
     # Keyed noise: the JSON path gives the same numbers for the same rows.
     json_answer = harness.client.post(
         "/v2/models/toy/infer",
         json=_json_request(ROWS.ravel().tolist(), [2, 4]),
         headers=bearer(key),
     ).json()
-    np.testing.assert_array_equal(p, np.array(json_answer["outputs"][0]["data"], dtype=np.float32))
+    np.testing.assert_array_equal(
+        p.ravel(), np.array(json_answer["outputs"][0]["data"], dtype=np.float32)
+    )
 
 
 def test_versioned_infer_route(harness: Harness) -> None:
