@@ -34,7 +34,7 @@ from sqlalchemy.pool import StaticPool
 from .errors import RateLimited
 from .tenants import Tenant
 from .tenants.engine import for_writes
-from .tenants.models import RateLimitRow
+from .tenants.tables import RateLimitRow
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from service.tenants.domain import (
 from service.tenants.engine import access_guard, for_writes, make_engine
 from service.tenants.keys import PresentedKey, generate_api_key, hash_api_key
 from service.tenants.migrations import build_alembic_config
-from service.tenants.models import TenantRow
+from service.tenants.tables import TenantRow
 
 logger = logging.getLogger(__name__)
 

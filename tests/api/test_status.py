@@ -30,7 +30,7 @@ from service.errors import (
 )
 from service.settings import Settings
 from service.tenants import CorruptTenant, StoreUnavailable, TenantExists, TenantNotFound
-from service.tenants.models import TenantRow
+from service.tenants.tables import TenantRow
 
 from ..conftest import ADMIN_TOKEN, ROW_TOY
 

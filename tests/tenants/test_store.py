@@ -25,7 +25,7 @@ from service.tenants import (
     TenantView,
 )
 from service.tenants.migrations import build_alembic_config
-from service.tenants.models import Base, TenantRow
+from service.tenants.tables import Base, TenantRow
 
 from .conftest import FakeClock, TestDatabase
 

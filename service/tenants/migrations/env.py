@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from service.tenants.models import Base
+from service.tenants.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
