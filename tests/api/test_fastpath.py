@@ -190,3 +190,17 @@ def test_requests_that_could_block_the_event_loop_use_the_thread_pool(
 ) -> None:
     configured = settings.model_copy(update={"tenant_cache_seconds": 60.0, **changes})
     assert _hops(configured, monkeypatch, tenant, body) == 3
+
+
+def test_the_lean_path_serves_an_app_mounted_under_a_root_path(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[str] = []
+    route = fastpath.match
+    monkeypatch.setattr(fastpath, "match", lambda path: served.append(path) or route(path))
+    with TestClient(create_app(settings), root_path="/api") as client:
+        created = client.post("/admin/tenants", json={"name": "t"}, headers=ADMIN)
+        key = {"Authorization": f"Bearer {created.json()['api_key']}"}
+        response = client.post("/v1/models/toy/predict", content=SMALL, headers=key)
+    assert response.status_code == 200, response.text
+    assert "/v1/models/toy/predict" in served  # matched below the root path
