@@ -130,6 +130,7 @@ def _headers(exc: BaseException) -> Mapping[str, str] | None:
 
 
 OK = 200
+INTERNAL_ERROR = 500
 
 
 def status_code_of(exc: BaseException | None) -> int:
@@ -142,9 +143,10 @@ def error_body(status: ErrorStatus) -> bytes:
 
 
 def error_response(exc: BaseException) -> Response:
-    """The JSON answer to ``exc``; a 500 is logged (the exception's type, no data)."""
+    """The JSON answer to ``exc``. A 500 (a bug or a store fault) is logged with its
+    traceback (never request data); a 503 is an expected outage and is not."""
     status = status_for(exc)
-    if status.status >= 500:
+    if status.status == INTERNAL_ERROR:
         logger.error("%s answered %d", type(exc).__name__, status.status, exc_info=exc)
     return Response(
         error_body(status),
