@@ -60,7 +60,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PROMETHEUS_MULTIPROC_DIR=/app/metrics/prometheus
 
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8002
 
 # slim has no curl: ask the readiness endpoint with the standard library.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \

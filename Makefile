@@ -6,16 +6,18 @@ PIP    := $(BIN)/python -m pip
 SERVE_STAMP := $(VENV)/.stamp-serve
 DEV_STAMP   := $(VENV)/.stamp-dev
 
-.PHONY: serve test lint fuzz load bench bench-venv audit clean help
+.PHONY: serve test test-fast lint fuzz load bench bench-venv audit clean help
 
 help:
 	@echo "make serve   create .venv, install the serving dependencies, start on :8000"
 	@echo "make test    install serving + audit + dev dependencies, run the test suite"
+	@echo "make test-fast  the suite without the tests marked slow (under 2 minutes)"
 	@echo "make lint    ruff, mypy, hadolint, compose config, pip-audit"
 	@echo "make fuzz    schemathesis against the OpenAPI schema (200 examples per operation)"
 	@echo "make load    60 s load test, 64 clients, several keyed tenants"
 	@echo "make audit   privacy audit of the digits model (report in reports/digits)"
-	@echo "make bench   benchmarks (bench/README.md)"
+	@echo "make bench   benchmarks: python -m bench, results in bench/README.md (BENCH_ARGS=--quick:"
+	@echo "             reports/bench-quick); make bench-venv: BentoML for the peer comparison"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +37,12 @@ serve: $(SERVE_STAMP)
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+test-fast: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
 	bash scripts/lint_deploy.sh
 	$(BIN)/python scripts/audit_deps.py || [ $$? -eq 2 ]  # 2: pip-audit could not run (no network): not a finding
@@ -51,8 +56,8 @@ load: $(DEV_STAMP)
 audit: $(DEV_STAMP)
 	$(BIN)/dynanoise audit --dataset digits --out reports/digits
 
-bench: $(DEV_STAMP)
-	$(BIN)/dynanoise bench $(BENCH_ARGS)
+bench: $(DEV_STAMP)  # the harness lives in bench/harness, outside the wheel
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-venv:  # BentoML for the peer comparison, in its own environment
 	$(PYTHON) -m venv bench/.venv && bench/.venv/bin/pip install --quiet "bentoml==1.4.*" onnxruntime numpy

@@ -58,8 +58,9 @@ AUC, the counts, the mode and the number of requests sent. Progress goes to
 stderr.
 
 A no-defense reference: run it against a tenant with base_variance 0 and
-temperature 1 (which the admin API accepts) with ``--base-variance 0
---temperature 1``; the server then answers softmax(z).
+temperature 1 (the server must run with DYNANOISE_ALLOW_CLEAN_OUTPUTS=true to accept
+and serve such a tenant) with ``--base-variance 0 --temperature 1``; the server then
+answers softmax(z).
 """
 
 from __future__ import annotations

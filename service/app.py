@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from . import __version__
-from .api import admin, prometheus, v1, v2
+from .api import admin, v1, v2
 from .api.errors import install_error_handlers
 from .api.fastpath import FastInferenceRoutes
 from .api.inference import inference_router
@@ -86,7 +86,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.services = services
     app.state.dataplane = DataPlane(services, status_of=status_code_of)
     install_error_handlers(app)
-    for router in (inference_router(), v1.router, v2.router, admin.router, prometheus.router):
+    # No /metrics here: the metrics reveal per-query detail, so they are served on a
+    # listener of their own (service.metrics_server), never on the public port.
+    for router in (inference_router(), v1.router, v2.router, admin.router):
         app.include_router(router)
     return app
 

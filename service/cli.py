@@ -1,18 +1,21 @@
 """`dynanoise` console entry point: a thin shell over library functions.
 
 Each sub-command lives in `service.commands.<name>` and registers itself through
-``register(subparsers)``; commands whose optional dependencies are missing
-(torch for `train`, for instance) say so when run, not at import.
+``register(subparsers)``. The list below is explicit: a command that fails to import
+is an error, never a command that silently goes missing. Commands whose optional
+dependencies are missing (torch for `train`, for instance) say so when run, not at
+import; `bench` delegates to the benchmark harness of a source checkout.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("serve", "tenants", "train", "audit", "calibrate", "bench")
+from .commands import audit, bench, serve, tenants, train
+
+COMMANDS = (serve, tenants, train, audit, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,19 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve ONNX classifiers behind the DynaNoise defense, and audit them.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"service.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("service.commands"):
-                continue  # command not part of this build
-            raise
+    for module in COMMANDS:
         module.register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "forwards_arguments", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.forwarded = rest  # a delegating command (bench) parses these itself
     result: int | None = args.handler(args)
     return result or 0
 

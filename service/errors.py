@@ -39,6 +39,13 @@ class Forbidden(DynanoiseError):
     """The key is valid but may not do this (a model outside its list, admin disabled)."""
 
 
+class CleanOutputsRefused(DynanoiseError):
+    """The tenant's defense adds no noise (base_variance 0): its answers would be a
+    bijection of the model's clean probabilities, which this server does not serve
+    unless DYNANOISE_ALLOW_CLEAN_OUTPUTS is set. The tenant's configuration is at
+    fault, not the request; its operator must raise base_variance."""
+
+
 class NotFound(DynanoiseError):
     """The named resource does not exist."""
 

@@ -2,7 +2,7 @@
 
 With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR before the workers
 start (`dynanoise serve` does): each worker writes its samples to files there
-and /metrics aggregates them. Label values come from known tenants and models
+and the metrics listener (`service.metrics_server`, its own port) aggregates them. Label values come from known tenants and models
 only, never from raw request strings.
 """
 
@@ -160,10 +160,13 @@ def observe_many(histogram: Histogram, values: NDArray[np.float64]) -> None:
     histogram._sum.inc(float(np.sum(values)))
 
 
-def render_latest(metrics: ServiceMetrics) -> tuple[bytes, str]:
-    """The text exposition: aggregated over worker files in multiprocess mode."""
+def render_latest(metrics: ServiceMetrics | None) -> tuple[bytes, str]:
+    """The text exposition: aggregated over worker files in multiprocess mode (then
+    ``metrics`` may be None: the supervisor of several workers has no instruments)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+    if metrics is None:
+        raise RuntimeError("no instruments to render outside multiprocess mode")
     return generate_latest(metrics.registry), CONTENT_TYPE_LATEST

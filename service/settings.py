@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,20 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    metrics_port: int = Field(
+        default=8002,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus metrics listener, apart from the inference "
+        "port (Triton's convention); 0 = no metrics listener.",
+    )
+    metrics_host: str | None = Field(
+        default=None, description="Bind address of the metrics listener (unset: `host`)."
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, a scrape needs `Authorization: Bearer <token>` (401 otherwise).",
+    )
     max_batch: int = Field(default=1024, ge=1, description="Most rows in one request.")
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
@@ -42,6 +56,13 @@ class Settings(BaseSettings):
     )
     create_demo_tenant: bool = Field(
         default=True, description="Create a `demo` tenant and print its key on first start."
+    )
+    allow_clean_outputs: bool = Field(
+        default=False,
+        description="Allow tenants with base_variance 0, whose answers are a bijection of the "
+        "model's clean probabilities (at any temperature). Off: the admin API and CLI refuse "
+        "such a tenant (422) and a stored one is refused at serve time (403). For benchmarks "
+        "and tests only.",
     )
     onnx_threads: int = Field(
         default=1, ge=0, description="intra-op threads per ONNX session (0 = onnxruntime default)."
@@ -74,3 +95,20 @@ class Settings(BaseSettings):
         "orchestrator's kill timeout, 30 s in Kubernetes).",
     )
     log_level: str = "info"
+
+    @field_validator("metrics_host", "metrics_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `DYNANOISE_METRICS_TOKEN=` (e.g. compose's ${VAR:-}) means no token, not "".
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Settings:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port (or be 0: no metrics listener)")
+        return self
+
+    @property
+    def metrics_bind_host(self) -> str:
+        """Where the metrics listener binds: `metrics_host`, else the inference `host`."""
+        return self.metrics_host if self.metrics_host is not None else self.host

@@ -62,5 +62,14 @@ def harness(settings: Settings) -> Iterator[Harness]:
         yield Harness(client, settings)
 
 
+@pytest.fixture
+def clean_harness(settings: Settings) -> Iterator[Harness]:
+    """The app with DYNANOISE_ALLOW_CLEAN_OUTPUTS set: tenants with base_variance 0 (no
+    noise, clean probabilities) may be created and served, as in benchmarks."""
+    allowed = settings.model_copy(update={"allow_clean_outputs": True})
+    with TestClient(create_app(allowed)) as client:
+        yield Harness(client, allowed)
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}

@@ -1,25 +1,17 @@
-"""Start a real `dynanoise serve` process on a free loopback port, for tests that
-need a live server (interop clients, several workers, several replicas)."""
+"""A real `dynanoise serve` process on a free loopback port, for tests that need a
+live server (interop clients, several workers, several replicas); started by the
+launcher the benchmarks use (bench/harness/launcher.py)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
+import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-import httpx
+from bench.harness.launcher import free_port, running, start_service
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+__all__ = ["live_server"]
 
 
 @contextmanager
@@ -33,51 +25,23 @@ def live_server(
     timeout: float = 60.0,
     cwd: Path | None = None,
 ) -> Iterator[str]:
-    """Yield the base URL of a running server; stop it (SIGTERM) afterwards."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DYNANOISE_MODELS_DIR": str(models_dir),
-        "DYNANOISE_DATABASE_URL": database_url,
-        "DYNANOISE_ADMIN_TOKEN": admin_token,
-        "DYNANOISE_PORT": str(port),
-        "DYNANOISE_HOST": "127.0.0.1",
-        "DYNANOISE_WORKERS": str(workers),
-        "DYNANOISE_CREATE_DEMO_TENANT": "false",
-        "DYNANOISE_TENANT_CACHE_SECONDS": "0",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env.update(extra_env or {})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, process, timeout)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            raise RuntimeError(f"server exited with {process.returncode}:\n{output[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"server at {url} not ready after {timeout} s")
+    """Yield the base URL of a running server (ready: /v2/health/ready); stop it
+    (SIGTERM) afterwards. It runs in ``cwd``, or a temporary directory, with its log."""
+    with ExitStack() as stack:
+        workdir = cwd or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="live-")))
+        server = start_service(
+            workdir,
+            models_dir=models_dir,
+            database_url=database_url,
+            admin_token=admin_token,
+            workers=workers,
+            extra_env={
+                "DYNANOISE_TENANT_CACHE_SECONDS": "0",
+                # Its own metrics port (not 8002): servers run side by side.
+                "DYNANOISE_METRICS_PORT": str(free_port()),
+                **(extra_env or {}),
+            },
+            timeout=timeout,
+        )
+        with running(server, stop_timeout=20.0, strict=False):
+            yield server.url

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.bench.models import save_linear_model
+from bench.harness.models import save_linear_model
 
 
 def write_linear_model(

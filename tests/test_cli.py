@@ -1,15 +1,44 @@
-"""The `dynanoise` CLI: tenant management end to end against a real SQLite store."""
+"""The `dynanoise` CLI: its explicit command list, and tenant management end to end
+against a real SQLite store."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from service.cli import build_parser, main
 from service.commands.serve import ensure_demo_tenant
 from service.tenants import TenantStore
+
+
+def test_the_commands_are_exactly_the_public_ones() -> None:
+    (subparsers,) = (
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    assert list(subparsers.choices) == ["serve", "tenants", "train", "audit", "bench"]
+
+
+def test_a_command_that_fails_to_import_is_an_error_not_a_missing_command() -> None:
+    broken = "import sys; sys.modules['service.commands.train'] = None; import service.cli"
+    result = subprocess.run(
+        [sys.executable, "-c", broken], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "ModuleNotFoundError" in result.stderr and "service.commands.train" in result.stderr
+
+
+def test_unknown_arguments_are_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["tenants", "list", "--bogus"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -91,6 +120,35 @@ def test_tenant_errors_exit_nonzero_with_a_message(
 def test_duplicate_tenant_is_refused(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(capsys, "tenants", "--database-url", db_url, "add", "a")[0] == 0
     assert _run(capsys, "tenants", "--database-url", db_url, "add", "a")[0] == 1
+
+
+def test_rows_per_second_is_set_updated_and_listed(
+    db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tenants = ("tenants", "--database-url", db_url)
+    assert _run(capsys, *tenants, "add", "acme", "--rows-per-second", "50")[0] == 0
+    assert TenantStore(db_url).get("acme").rows_per_second == 50.0
+    code, out, _ = _run(capsys, *tenants, "update", "acme", "--rows-per-second", "8")
+    assert code == 0 and json.loads(out)["rows_per_second"] == 8.0
+    code, out, _ = _run(capsys, *tenants, "list")
+    assert code == 0 and "rows_per_second" in out.splitlines()[0]
+    assert _run(capsys, *tenants, "update", "acme", "--rows-per-second", "0")[0] == 1
+
+
+def test_clean_outputs_are_refused_unless_the_setting_allows_them(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenants = ("tenants", "--database-url", db_url)
+    monkeypatch.delenv("DYNANOISE_ALLOW_CLEAN_OUTPUTS", raising=False)
+    code, _, err = _run(capsys, *tenants, "add", "clean", "--base-variance", "0")
+    assert code == 1 and "DYNANOISE_ALLOW_CLEAN_OUTPUTS" in err
+    assert _run(capsys, *tenants, "add", "noisy")[0] == 0
+    code, _, err = _run(capsys, *tenants, "update", "noisy", "--base-variance", "0")
+    assert code == 1 and "DYNANOISE_ALLOW_CLEAN_OUTPUTS" in err
+    assert TenantStore(db_url).get("noisy").params.base_variance == 0.3
+    monkeypatch.setenv("DYNANOISE_ALLOW_CLEAN_OUTPUTS", "true")
+    assert _run(capsys, *tenants, "add", "clean", "--base-variance", "0")[0] == 0
+    assert _run(capsys, *tenants, "update", "noisy", "--base-variance", "0")[0] == 0
 
 
 def test_demo_tenant_is_created_once(

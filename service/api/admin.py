@@ -1,7 +1,9 @@
 """Tenant administration under /admin/tenants, guarded by the admin bearer token.
 
 The store's errors (TenantNotFound, TenantExists, InvalidParameters...) are answered
-through the one error table (`service.api.status`), not translated here."""
+through the one error table (`service.api.status`), not translated here. Unless
+DYNANOISE_ALLOW_CLEAN_OUTPUTS is set, a tenant with base_variance 0 (clean
+probabilities) can be neither created nor given new parameters (422)."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ router = APIRouter(
 )
 
 # Fields where an explicit null means something (all models / no limit).
-_NULLABLE_FIELDS = ("allowed_models", "rate_limit_per_second")
+_NULLABLE_FIELDS = ("allowed_models", "rate_limit_per_second", "rows_per_second")
 
 
 def tenant_out(tenant: Tenant) -> TenantOut:
@@ -48,6 +50,7 @@ def tenant_out(tenant: Tenant) -> TenantOut:
         noise_mode=p.noise_mode,
         allowed_models=sorted(tenant.allowed_models) if tenant.allowed_models is not None else None,
         rate_limit_per_second=tenant.rate_limit_per_second,
+        rows_per_second=tenant.rows_per_second,
         version=tenant.version,
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,
@@ -69,11 +72,14 @@ async def create_tenant(
     _check_models(services, body.allowed_models)
     params = DefenseParams(**body.model_dump(include=set(PARAMETER_NAMES)))
     tenant, key = await run_in_threadpool(
-        services.store.create,
-        body.name,
-        params,
-        body.allowed_models,
-        body.rate_limit_per_second,
+        lambda: services.store.create(
+            body.name,
+            params,
+            body.allowed_models,
+            body.rate_limit_per_second,
+            body.rows_per_second,
+            allow_clean_outputs=services.settings.allow_clean_outputs,
+        )
     )
     return TenantCreated(**tenant_out(tenant).model_dump(), api_key=key)
 
@@ -98,7 +104,10 @@ async def update_tenant(
         raise BadInput(f"fields cannot be null: {null_fields}")
     if "allowed_models" in changes:
         _check_models(services, changes["allowed_models"])
-    tenant = await run_in_threadpool(lambda: services.store.update(name, **changes))
+    allow = services.settings.allow_clean_outputs
+    tenant = await run_in_threadpool(
+        lambda: services.store.update(name, allow_clean_outputs=allow, **changes)
+    )
     return tenant_out(tenant)
 
 

@@ -92,11 +92,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "Malformed body (not JSON, bad encoding).",
         401: "Missing or invalid API key.",
-        403: "The key may not use this model.",
+        403: "The key may not use this model, or its tenant adds no noise (base_variance 0 "
+        "without DYNANOISE_ALLOW_CLEAN_OUTPUTS).",
         404: "Unknown model.",
         413: "Body over DYNANOISE_MAX_BODY_BYTES.",
         422: "Wrong shape or dtype, non-finite values, empty batch or batch over DYNANOISE_MAX_BATCH.",
-        429: "Rate limit exceeded (see Retry-After).",
+        429: "Rate limit of requests or of input rows exceeded (see Retry-After).",
         503: "Tenant store unavailable.",
     }.items()
 }
@@ -201,6 +202,13 @@ class _DefenseFields(BaseModel):
     rate_limit_per_second: float | None = Field(
         None, gt=0, description="Requests per second; null = unlimited."
     )
+    rows_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="Input rows per second, summed over requests (a request of n rows "
+        "costs n); a request of more rows than one second's worth is refused; "
+        "null = unlimited.",
+    )
 
 
 class TenantCreate(_DefenseFields):
@@ -230,6 +238,7 @@ class TenantUpdate(BaseModel):
     noise_mode: NoiseMode | None = _parameter("noise_mode", optional=True)
     allowed_models: list[str] | None = None
     rate_limit_per_second: float | None = Field(None, gt=0)
+    rows_per_second: float | None = Field(None, gt=0)
 
 
 class TenantOut(BaseModel):
@@ -246,6 +255,7 @@ class TenantOut(BaseModel):
     noise_mode: NoiseMode
     allowed_models: list[str] | None
     rate_limit_per_second: float | None
+    rows_per_second: float | None
     version: int
     created_at: datetime
     updated_at: datetime

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from ..defense import InvalidParameters
 from ..errors import (
     BadInput,
+    CleanOutputsRefused,
     Conflict,
     DefenseFailure,
     DynanoiseError,
@@ -61,6 +62,7 @@ _TABLE: dict[type[BaseException], tuple[int, str]] = {
     UnknownModel: (404, "unknown_model"),
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),
+    CleanOutputsRefused: (403, "clean_outputs_refused"),
     NotFound: (404, "not_found"),
     Conflict: (409, "conflict"),
     RateLimited: (429, "rate_limited"),

@@ -2,9 +2,11 @@
 
 Every defense acts on the clean logits z (n, k) of the same target model and
 returns probabilities (n, k). Randomness comes from the caller's generator; the
-keyed DynaNoise variant draws from HMAC(secret, model id + input) instead, so an
-attacker-side copy (``for_attacker``) keeps the mechanism and the parameters but
-not the server's secret (Kerckhoffs: the key is the only thing kept private).
+keyed DynaNoise variant draws from HMAC(secret, parameters, model id + input)
+instead, through ``service.defense.defend`` exactly as the server draws (a change of
+parameters draws anew there too), so an attacker-side copy (``for_attacker``) keeps
+the mechanism and the parameters but not the server's secret (Kerckhoffs: the key
+is the only thing kept private).
 """
 
 from __future__ import annotations

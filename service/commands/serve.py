@@ -1,4 +1,5 @@
-"""`dynanoise serve`: migrate the store, create the demo tenant on first start, run uvicorn."""
+"""`dynanoise serve`: migrate the store, create the demo tenant on first start, run uvicorn,
+and beside it the metrics listener on its own port."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import shutil
 import signal
 import sys
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -17,6 +20,9 @@ from pydantic import ValidationError
 from ..runtime import ModelLoadError
 from ..settings import Settings
 from ..tenants import TenantExists, TenantStore
+
+if TYPE_CHECKING:
+    from ..metrics import ServiceMetrics
 
 DEMO_TENANT = "demo"
 DEMO_KEY_FILE = Path("data/demo_api_key")
@@ -27,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--host", help="bind address (DYNANOISE_HOST)")
     p.add_argument("--port", type=int, help="port (DYNANOISE_PORT)")
     p.add_argument("--workers", type=int, help="uvicorn worker processes (DYNANOISE_WORKERS)")
+    p.add_argument(
+        "--metrics-port", type=int, help="metrics listener port, 0 = off (DYNANOISE_METRICS_PORT)"
+    )
     p.add_argument("--models-dir", help="directory of models (DYNANOISE_MODELS_DIR)")
     p.add_argument("--database-url", help="tenant store URL (DYNANOISE_DATABASE_URL)")
     p.set_defaults(handler=run)
@@ -38,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         ("host", "DYNANOISE_HOST"),
         ("port", "DYNANOISE_PORT"),
         ("workers", "DYNANOISE_WORKERS"),
+        ("metrics_port", "DYNANOISE_METRICS_PORT"),
         ("models_dir", "DYNANOISE_MODELS_DIR"),
         ("database_url", "DYNANOISE_DATABASE_URL"),
     ):
@@ -53,9 +63,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
+    from ..metrics_server import MetricsListenerError
+
     try:
         return serve(settings)
-    except ModelLoadError as exc:
+    except (ModelLoadError, MetricsListenerError) as exc:
         print(f"dynanoise: cannot start: {exc}", file=sys.stderr)
         return 2
 
@@ -70,10 +82,48 @@ def serve(settings: Settings) -> int:
         ensure_demo_tenant(store)
     store.close()
     _prepare_multiprocess_metrics(settings.workers)
+    app: Any
+    metrics: ServiceMetrics | None
+    if settings.workers > 1:
+        # Worker processes build their own apps; the listener (here, in the
+        # supervisor: once, not per worker) aggregates their multiprocess files.
+        app, factory, metrics = "service.app:app_from_env", True, None
+    else:
+        from ..app import create_app
+
+        app, factory = create_app(settings), False
+        metrics = app.state.services.metrics
+    listener = metrics_listener(settings, metrics)  # binds: a port in use fails here
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    with listener:
+        _run_uvicorn(settings, app, factory)
+    return 0
+
+
+def metrics_listener(
+    settings: Settings, metrics: ServiceMetrics | None
+) -> AbstractContextManager[object]:
+    """The metrics listener, bound now (a port in use fails here, before uvicorn),
+    started on entering the context and stopped on leaving it: after uvicorn's drain
+    on SIGTERM, so scrapes keep answering while requests finish. Nothing when
+    DYNANOISE_METRICS_PORT is 0."""
+    from ..metrics_server import MetricsServer, metrics_app
+
+    if settings.metrics_port == 0:
+        return nullcontext()
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    return MetricsServer(
+        metrics_app(metrics, token),
+        settings.metrics_bind_host,
+        settings.metrics_port,
+        log_level=settings.log_level,
+    )
+
+
+def _run_uvicorn(settings: Settings, app: Any, factory: bool) -> None:
     uvicorn.run(
-        "service.app:app_from_env",
-        factory=True,
+        app,
+        factory=factory,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
@@ -82,7 +132,6 @@ def serve(settings: Settings) -> int:
         server_header=False,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
-    return 0
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -1,5 +1,8 @@
 """`dynanoise tenants add|list|update|rotate-key|remove`: manage tenants in the store
-named by DYNANOISE_DATABASE_URL (or --database-url)."""
+named by DYNANOISE_DATABASE_URL (or --database-url).
+
+base_variance 0 (clean probabilities) is refused unless DYNANOISE_ALLOW_CLEAN_OUTPUTS
+is set, as in the admin API."""
 
 from __future__ import annotations
 
@@ -74,12 +77,23 @@ def _add_param_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument(
         "--rate-limit", type=float, dest="rate_limit_per_second", help="requests per second"
     )
+    p.add_argument(
+        "--rows-per-second",
+        type=float,
+        dest="rows_per_second",
+        help="input rows per second, summed over requests (a request of n rows costs n)",
+    )
 
 
 def _store(args: argparse.Namespace) -> TenantStore:
     store = TenantStore(args.database_url or Settings().database_url)
     store.migrate()
     return store
+
+
+def _allow_clean_outputs() -> bool:
+    """DYNANOISE_ALLOW_CLEAN_OUTPUTS, read as the server reads it."""
+    return Settings().allow_clean_outputs
 
 
 def _models(value: str | None) -> list[str] | None:
@@ -98,7 +112,12 @@ def _add(args: argparse.Namespace) -> int:
         try:
             params = DefenseParams(**{k: getattr(args, k) for k in _PARAMS})
             tenant, key = store.create(
-                args.name, params, _models(args.allowed_models), args.rate_limit_per_second
+                args.name,
+                params,
+                _models(args.allowed_models),
+                args.rate_limit_per_second,
+                args.rows_per_second,
+                allow_clean_outputs=_allow_clean_outputs(),
             )
         except (InvalidParameters, InvalidTenantName, TenantExists, ValueError) as exc:
             return _fail(str(exc))
@@ -111,13 +130,14 @@ def _update(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {k: getattr(args, k) for k in _PARAMS if getattr(args, k) is not None}
     if args.allowed_models is not None:
         changes["allowed_models"] = _models(args.allowed_models)
-    if args.rate_limit_per_second is not None:
-        changes["rate_limit_per_second"] = args.rate_limit_per_second
+    for limit in ("rate_limit_per_second", "rows_per_second"):
+        if getattr(args, limit) is not None:
+            changes[limit] = getattr(args, limit)
     if not changes:
         return _fail("nothing to update: give at least one option")
     with _store(args) as store:
         try:
-            tenant = store.update(args.name, **changes)
+            tenant = store.update(args.name, allow_clean_outputs=_allow_clean_outputs(), **changes)
         except TenantNotFound:
             return _fail(f"no tenant named {args.name!r}")
         except (InvalidParameters, ValueError) as exc:
@@ -132,7 +152,7 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    columns = ("name", *_PARAMS, "allowed_models", "rate_limit_per_second")
+    columns = ("name", *_PARAMS, "allowed_models", "rate_limit_per_second", "rows_per_second")
     table = [[str(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
     widths = [
         max(len(c), *(len(row[i]) for row in table)) if table else len(c)

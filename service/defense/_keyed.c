@@ -6,7 +6,10 @@
  * Seed i is the first 8 bytes, read little-endian, of
  * HMAC-SHA256(key, prefix || canonical bytes of rows[i]) (RFC 2104), exactly what
  * `KeyedSeeder.seeds` (noise.py) computes with hashlib, which documents the
- * message. rows: a C-contiguous float32 ndarray whose first axis is the batch;
+ * message. key: the caller's, already bound to the tenant's defense parameters
+ * (`noise.parameter_key`), so nothing here depends on them; it is hashed first
+ * when longer than a block, as RFC 2104 says, though derived keys never are.
+ * rows: a C-contiguous float32 ndarray whose first axis is the batch;
  * canonical bytes are its own, with -0.0 read as +0.0 (as `canonical_rows`).
  *
  * This exists because the hashlib loop spends 1.5-3 us a row on Python calls

@@ -1,8 +1,12 @@
-"""Noise sources: fresh Gaussian draws, or draws keyed to (tenant, model, input).
+"""Noise sources: fresh Gaussian draws, or draws keyed to (tenant, parameters, model, input).
 
 Keyed ("sticky") noise, spec section 6: each row's noise comes from a seed
-HMAC-SHA256(tenant secret, model id + canonical bytes of the row), so the same
+HMAC-SHA256(parameter key, model id + canonical bytes of the row), so the same
 query always gets the same answer and averaging repeated queries gains nothing.
+The parameter key is HMAC-SHA256(tenant secret, context + the tenant's defense
+parameters, canonically encoded): a parameter change draws new noise for every
+row. Were the draws kept, one answer before and one after a base_variance change
+would solve for the clean logits (c = (rho c1 - c2) / (rho - 1)).
 The per-row seed expands into normals with a counter-based generator
 (SplitMix64 + Box-Muller) vectorised over the whole batch, because creating
 one numpy Generator per row costs ~40 us. Where the C extensions are built, the
@@ -13,6 +17,7 @@ the Python code below gives the same values.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import threading
 from functools import lru_cache
 from typing import Any
@@ -44,6 +49,10 @@ def class_major(ensemble_size: int, n_classes: int) -> bool:
     """Whether the defense processes (and the noise sources lay out) a batch class-major."""
     return ensemble_size == 1 and n_classes <= CLASS_MAJOR_MAX_CLASSES
 
+
+# Domain separation of the parameter key from every other use of a tenant secret.
+PARAMETER_KEY_CONTEXT = b"dynanoise keyed-noise parameter key v1\x00"
+_DEFAULT_KEYED = DefenseParams(noise_mode=NoiseMode.KEYED)
 
 _INNER_PAD = bytes(x ^ 0x36 for x in range(256))
 _OUTER_PAD = bytes(x ^ 0x5C for x in range(256))
@@ -116,20 +125,40 @@ def canonical_rows(inputs: NDArray[np.generic]) -> NDArray[np.float32]:
     return rows + np.float32(0.0)  # -0.0 + 0.0 == +0.0, so both spell the same query
 
 
-class KeyedSeeder:
-    """Per-row seeds for one (tenant secret, model id): ``keyed_seeds`` with the HMAC
-    key schedule done once.
+def parameter_key(secret: bytes, params: DefenseParams) -> bytes:
+    """HMAC-SHA256(secret, PARAMETER_KEY_CONTEXT || params.canonical()): the key that
+    seeds keyed noise under ``params``. Equal parameters give the same key (so going
+    back to earlier parameters gives back the earlier answers, not new draws);
+    any change of any parameter gives an unrelated one."""
+    return hmac.digest(secret, PARAMETER_KEY_CONTEXT + params.canonical(), "sha256")
 
-    HMAC(K, m) = H((K ^ opad) || H((K ^ ipad) || m)); the two padded-key states (and
-    the model/shape prefix of m) are hashed at construction and copied per row (the C
-    loop does the same once per batch). Holds the secret's key: keep it server side,
-    like the secret.
+
+class KeyedSeeder:
+    """Per-row seeds for one (tenant secret, defense parameters, model id):
+    ``keyed_seeds`` with the HMAC key schedule done once.
+
+    The row HMAC is keyed by ``parameter_key(secret, params)``. HMAC(K, m) =
+    H((K ^ opad) || H((K ^ ipad) || m)); the two padded-key states (and the
+    model/shape prefix of m) are hashed at construction and copied per row (the C
+    loop does the same once per batch, from the same derived key). Holds a key
+    derived from the secret: keep it server side, like the secret.
     """
 
-    __slots__ = ("_key", "_model_id", "_outer", "_prefixed", "_prefixes", "_secret_inner")
+    __slots__ = (
+        "_key",
+        "_model_id",
+        "_outer",
+        "_prefixed",
+        "_prefixes",
+        "_secret_inner",
+        "params",
+    )
 
-    def __init__(self, secret: bytes, model_id: str) -> None:
-        key = hashlib.sha256(secret).digest() if len(secret) > _HMAC_BLOCK else secret
+    def __init__(self, secret: bytes, model_id: str, params: DefenseParams | None = None) -> None:
+        """``params``: the tenant's defense parameters (default: the paper's setting
+        in keyed mode); the seeds are bound to them."""
+        self.params = _DEFAULT_KEYED if params is None else params
+        key = parameter_key(secret, self.params)  # 32 bytes: never longer than a block
         self._key = key  # for the compiled loop, which pads it itself
         key = key.ljust(_HMAC_BLOCK, b"\x00")
         self._secret_inner = hashlib.sha256(key.translate(_INNER_PAD))
@@ -156,7 +185,7 @@ class KeyedSeeder:
         return inner
 
     def seeds(self, inputs: NDArray[np.generic]) -> NDArray[np.uint64]:
-        """One 64-bit seed per row, equal to ``keyed_seeds(secret, model_id, inputs)``."""
+        """One 64-bit seed per row, equal to ``keyed_seeds(secret, model_id, inputs, params)``."""
         if _keyed is not None:  # the same HMAC in C, the whole batch in one call
             # (which reads -0.0 as +0.0 itself: canonical_rows costs ~3 us a call)
             rows = np.ascontiguousarray(inputs, dtype=np.float32)
@@ -183,10 +212,16 @@ def _row_prefix(model_id: str, sample_shape: tuple[int, ...]) -> bytes:
     return model_id.encode() + b"\x00" + repr(sample_shape).encode() + b"\x00"
 
 
-def keyed_seeds(secret: bytes, model_id: str, inputs: NDArray[np.generic]) -> NDArray[np.uint64]:
-    """One 64-bit seed per row: the first 8 bytes of
-    HMAC-SHA256(secret, model_id || 0x00 || row shape || canonical row bytes)."""
-    return KeyedSeeder(secret, model_id).seeds(inputs)
+def keyed_seeds(
+    secret: bytes,
+    model_id: str,
+    inputs: NDArray[np.generic],
+    params: DefenseParams | None = None,
+) -> NDArray[np.uint64]:
+    """One 64-bit seed per row: the first 8 bytes, read little-endian, of
+    HMAC-SHA256(parameter_key(secret, params), model_id || 0x00 || row shape || 0x00 ||
+    canonical row bytes); ``params`` default to the paper's setting in keyed mode."""
+    return KeyedSeeder(secret, model_id, params).seeds(inputs)
 
 
 @lru_cache(maxsize=64)
@@ -266,9 +301,9 @@ class NoiseSource:
     """The N(0, 1) draws DynaNoise needs, from the source a tenant's noise mode names.
 
     fresh: from ``fresh`` (a `StandardNormalPool` when serving, `DirectNormals` in the
-    audit); keyed: from HMAC(secret, model id + row) seeds (`KeyedSeeder`, kept per
-    (secret, model id), at most ``max_seeders``). Serving and the audit both draw
-    through one of these, so the two cannot drift apart.
+    audit); keyed: from HMAC(parameter key, model id + row) seeds (`KeyedSeeder`, kept
+    per (secret, model id) for the parameters last seen, at most ``max_seeders``).
+    Serving and the audit both draw through one of these, so the two cannot drift apart.
     """
 
     def __init__(self, fresh: FreshNormals, *, max_seeders: int = 1024) -> None:
@@ -294,18 +329,25 @@ class NoiseSource:
         if params.noise_mode is NoiseMode.KEYED:
             if secret is None or inputs is None:
                 raise ValueError("keyed noise needs the tenant secret and the inputs")
-            seeds = self.seeder(secret, model_id).seeds(inputs)
+            seeds = self.seeder(secret, model_id, params).seeds(inputs)
             return keyed_standard_normal(seeds, params.ensemble_size, n_classes)
         return self._fresh.draws(n, params.ensemble_size, n_classes)
 
-    def seeder(self, secret: bytes, model_id: str) -> KeyedSeeder:
-        """The (cached) seeder of one tenant secret and model."""
+    def seeder(self, secret: bytes, model_id: str, params: DefenseParams) -> KeyedSeeder:
+        """The (cached) seeder of one tenant secret, model and parameters. A tenant's
+        parameters rarely change (and are one object while they do not), so one seeder
+        per (secret, model) is kept: a change of parameters replaces it."""
         key = (secret, model_id)
         seeder = self._seeders.get(key)
+        if seeder is not None and seeder.params is not params:
+            if seeder.params == params:
+                seeder.params = params  # a reloaded tenant, same values: compare once
+            else:
+                seeder = None
         if seeder is None:
-            seeder = KeyedSeeder(secret, model_id)
+            seeder = KeyedSeeder(secret, model_id, params)
             with self._lock:
-                if len(self._seeders) >= self._max_seeders:
+                if key not in self._seeders and len(self._seeders) >= self._max_seeders:
                     self._seeders.pop(next(iter(self._seeders)))
                 self._seeders[key] = seeder
         return seeder

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from enum import StrEnum
+from enum import Enum, StrEnum
 from typing import Any, NamedTuple
 
 
@@ -98,6 +98,28 @@ class DefenseParams:
     @property
     def adds_noise(self) -> bool:
         return self.base_variance > 0
+
+    def canonical(self) -> bytes:
+        """Every field as ``name=value`` lines, in declaration order: equal parameters
+        give equal bytes (1 and 1.0, -0.0 and 0.0 alike), different ones different bytes.
+
+        Floats are written exactly (``float.hex``), integers in decimal, enums as their
+        value. Keyed noise binds its seeds to these bytes (``noise.parameter_key``), so
+        a new field is part of the encoding as soon as it is declared.
+        """
+        lines = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Enum):
+                text = str(value.value)
+            elif f.type in ("int", int):
+                text = str(int(value))
+            elif f.type in ("float", float):
+                text = (float(value) + 0.0).hex()  # + 0.0 folds -0.0 into 0.0
+            else:  # pragma: no cover - a field of a new kind needs an encoding here
+                raise TypeError(f"no canonical encoding for {f.name} ({f.type})")
+            lines.append(f"{f.name}={text}\n")
+        return "".join(lines).encode()
 
     @classmethod
     def parse(cls, text: str | None) -> DefenseParams:

@@ -181,7 +181,10 @@ def encode_v2_request(
     header = dumps(payload)
     headers = {"Content-Type": "application/json"}
     if binary:
-        headers = {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        }
     return header + raw, headers
 
 

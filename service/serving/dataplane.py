@@ -1,10 +1,10 @@
 """One inference pipeline for every protocol (MLServer's ``DataPlane.infer``).
 
-observe -> read the body -> authenticate -> rate-limit -> authorize -> decode ->
-validate -> predict -> encode. Routes and the lean ASGI path only turn a request
-into an `InferenceCall` and the `Encoded` answer into a response; the status a
-failure is counted under comes from the API's one error table (``status_of``),
-so this module never speaks HTTP.
+observe -> read the body -> authenticate -> refuse clean outputs -> rate-limit ->
+authorize -> decode -> rate-limit rows -> validate -> predict -> encode. Routes and
+the lean ASGI path only turn a request into an `InferenceCall` and the `Encoded`
+answer into a response; the status a failure is counted under comes from the API's
+one error table (``status_of``), so this module never speaks HTTP.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from ..errors import Forbidden, Unauthorized
+from ..errors import CleanOutputsRefused, Forbidden, Unauthorized
 from ..inference import DefenseContext
 from ..metrics import UNKNOWN, ServiceMetrics
 from ..protocol import decompress
 from ..runtime import OnnxClassifier
 from ..tenants import PresentedKey, Tenant
+from ..tenants.domain import ALLOW_CLEAN_OUTPUTS_VARIABLE
 from .codecs import Codec, Encoded
 from .services import Services
 
@@ -95,13 +96,18 @@ class DataPlane:
             )
             tenant = tenant if tenant is not None else self.authenticate(call)
             seen.tenant = tenant.name
-            services.rate_limiter.enforce(tenant)
+            if not tenant.params.adds_noise and not settings.allow_clean_outputs:
+                raise CleanOutputsRefused(_CLEAN_OUTPUTS_MESSAGE)
+            limiter = services.rate_limiter
+            limiter.enforce(tenant)
             classifier = self.authorize(tenant, call.model)
             seen.model = classifier.name
             manifest = classifier.manifest
             decoded = call.codec.decode(
                 body, call.headers, manifest, call.version, settings.max_batch
             )
+            if tenant.rows_per_second is not None:  # the batch's rows, before any work
+                limiter.enforce_rows(tenant, _rows(decoded.batch))
             batch = classifier.validate(decoded.batch)
             context = DefenseContext(tenant.name, tenant.params, tenant.noise_secret)
             probabilities = services.predictor.predict(classifier, context, batch)
@@ -125,9 +131,10 @@ class DataPlane:
         """The caller's tenant when ``call`` may run on the event loop, else None.
 
         Only when nothing in it can block: its tenant is in this process's auth cache
-        (fresh for ``margin_seconds`` more), it has no rate limit (the limiter may
-        write to the database), micro-batching is off (a batched request waits for
-        others) and the body is small (``inline_max_body_bytes``).
+        (fresh for ``margin_seconds`` more), it has no rate limit of either kind
+        (requests or rows: the limiter may write to the database), micro-batching is
+        off (a batched request waits for others) and the body is small
+        (``inline_max_body_bytes``).
         """
         services = self.services
         if call.key is None or len(call.body) > services.settings.inline_max_body_bytes:
@@ -135,6 +142,23 @@ class DataPlane:
         if services.predictor.batching:
             return None
         tenant = services.store.cached(call.key, min_remaining_seconds=margin_seconds)
-        if tenant is None or tenant.rate_limit_per_second is not None:
+        if (
+            tenant is None
+            or tenant.rate_limit_per_second is not None
+            or tenant.rows_per_second is not None
+        ):
             return None
         return tenant
+
+
+_CLEAN_OUTPUTS_MESSAGE = (
+    "this tenant's base_variance is 0, so its answers would be the model's clean "
+    "probabilities (a bijection of them at any temperature); this server refuses them "
+    f"unless {ALLOW_CLEAN_OUTPUTS_VARIABLE} is set: ask the operator to raise base_variance"
+)
+
+
+def _rows(batch: object) -> int:
+    """The rows a decoded batch holds (its first axis); 1 for a scalar."""
+    shape = getattr(batch, "shape", None)
+    return int(shape[0]) if shape else 1

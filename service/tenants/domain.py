@@ -16,6 +16,10 @@ from service.defense.params import DefenseParams, InvalidParameters
 
 _NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
+ALLOW_CLEAN_OUTPUTS_VARIABLE = "DYNANOISE_ALLOW_CLEAN_OUTPUTS"
+"""The setting (Settings.allow_clean_outputs) that lets tenants with base_variance 0 be
+created and served: for benchmarks and tests only."""
+
 
 class TenantError(Exception):
     """Base of the tenant store's errors."""
@@ -54,6 +58,7 @@ class TenantView:
     created_at: datetime
     updated_at: datetime
     key_id: str = ""
+    rows_per_second: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (parameters flattened, models sorted, ISO times)."""
@@ -67,6 +72,7 @@ class TenantView:
             "noise_mode": self.params.noise_mode.value,
             "allowed_models": None if self.allowed_models is None else sorted(self.allowed_models),
             "rate_limit_per_second": self.rate_limit_per_second,
+            "rows_per_second": self.rows_per_second,
             "version": self.version,
             "key_id": self.key_id,
             "created_at": self.created_at.isoformat(),
@@ -81,6 +87,8 @@ class Tenant:
     `allowed_models` None means every model; `noise_secret` seeds keyed noise
     and is kept out of repr so it cannot leak into logs. `key_id` names the
     current API key (public: it is the key's lookup handle, not its secret).
+    `rate_limit_per_second` limits requests, `rows_per_second` the input rows
+    they carry (None: unlimited).
     """
 
     name: str
@@ -92,6 +100,7 @@ class Tenant:
     created_at: datetime
     updated_at: datetime
     key_id: str = ""
+    rows_per_second: float | None = None
 
     def allows(self, model: str) -> bool:
         """Whether this tenant may query `model`."""
@@ -108,6 +117,7 @@ class Tenant:
             created_at=self.created_at,
             updated_at=self.updated_at,
             key_id=self.key_id,
+            rows_per_second=self.rows_per_second,
         )
 
 
@@ -133,12 +143,27 @@ def normalize_allowed_models(models: Iterable[str] | None) -> frozenset[str] | N
     return names
 
 
-def validate_rate_limit(rate: float | None) -> float | None:
-    """None (unlimited) or a finite rate > 0 requests per second."""
+def validate_rate_limit(
+    rate: float | None, field_name: str = "rate_limit_per_second"
+) -> float | None:
+    """None (unlimited) or a finite rate > 0 (requests, or rows, per second)."""
     if rate is None:
         return None
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate):
-        raise InvalidParameters("rate_limit_per_second must be a finite number or null")
+        raise InvalidParameters(f"{field_name} must be a finite number or null")
     if rate <= 0:
-        raise InvalidParameters("rate_limit_per_second must be > 0")
+        raise InvalidParameters(f"{field_name} must be > 0")
     return float(rate)
+
+
+def refuse_clean_outputs(params: DefenseParams) -> None:
+    """Raise InvalidParameters when ``params`` add no noise (base_variance 0): the
+    answers would be a bijection of the model's clean probabilities at any temperature
+    (softmax(z / T) gives z back up to a constant). What the admin API and the CLI
+    call unless ALLOW_CLEAN_OUTPUTS_VARIABLE is set."""
+    if not params.adds_noise:
+        raise InvalidParameters(
+            "base_variance 0 would answer with the model's clean probabilities (a "
+            "bijection of them at any temperature): set base_variance > 0, or run with "
+            f"{ALLOW_CLEAN_OUTPUTS_VARIABLE}=true (for benchmarks and tests only)"
+        )

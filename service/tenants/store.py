@@ -32,6 +32,7 @@ from service.tenants.domain import (
     TenantExists,
     TenantNotFound,
     normalize_allowed_models,
+    refuse_clean_outputs,
     validate_name,
     validate_rate_limit,
 )
@@ -43,7 +44,8 @@ from service.tenants.tables import TenantRow
 logger = logging.getLogger(__name__)
 
 PARAM_FIELDS = frozenset(f.name for f in fields(DefenseParams))
-UPDATABLE_FIELDS = PARAM_FIELDS | {"allowed_models", "rate_limit_per_second"}
+LIMIT_FIELDS = ("rate_limit_per_second", "rows_per_second")
+UPDATABLE_FIELDS = PARAM_FIELDS | {"allowed_models", *LIMIT_FIELDS}
 NOISE_SECRET_BYTES = 32
 _MAX_CACHED_KEYS = 4096
 # Any 64-bit constant; serialises concurrent `migrate()` calls of many replicas.
@@ -86,6 +88,7 @@ def _to_tenant(row: TenantRow) -> Tenant:
         created_at=_aware(row.created_at),
         updated_at=_aware(row.updated_at),
         key_id=row.key_id,
+        rows_per_second=row.rows_per_second,
     )
 
 
@@ -171,14 +174,25 @@ class TenantStore:
         params: DefenseParams | None = None,
         allowed_models: Iterable[str] | None = None,
         rate_limit_per_second: float | None = None,
+        rows_per_second: float | None = None,
+        *,
+        allow_clean_outputs: bool = True,
     ) -> tuple[Tenant, str]:
-        """Add a tenant; returns it with its API key, the only time the key is shown."""
+        """Add a tenant; returns it with its API key, the only time the key is shown.
+
+        ``allow_clean_outputs=False`` (what the admin API and the CLI pass unless
+        DYNANOISE_ALLOW_CLEAN_OUTPUTS is set) refuses base_variance 0 with
+        InvalidParameters; the store itself holds any valid parameters.
+        """
         validate_name(name)
         params = DefenseParams() if params is None else params
         if not isinstance(params, DefenseParams):
             raise TypeError("params must be a DefenseParams")
+        if not allow_clean_outputs:
+            refuse_clean_outputs(params)
         models = normalize_allowed_models(allowed_models)
         rate = validate_rate_limit(rate_limit_per_second)
+        rows_rate = validate_rate_limit(rows_per_second, "rows_per_second")
         api_key, key_id = generate_api_key()
         now = datetime.now(UTC)
         row = TenantRow(
@@ -188,6 +202,7 @@ class TenantStore:
             noise_secret=secrets.token_bytes(NOISE_SECRET_BYTES),
             allowed_models=_stored_models(models),
             rate_limit_per_second=rate,
+            rows_per_second=rows_rate,
             version=1,
             created_at=now,
             updated_at=now,
@@ -220,11 +235,14 @@ class TenantStore:
         with self._read_session() as session:
             return not session.scalar(select(exists().where(TenantRow.id.is_not(None))))
 
-    def update(self, name: str, **changes: Any) -> Tenant:
-        """Change parameters, allowed_models or rate_limit_per_second.
+    def update(self, name: str, *, allow_clean_outputs: bool = True, **changes: Any) -> Tenant:
+        """Change parameters, allowed_models, rate_limit_per_second or rows_per_second.
 
         Parameters are validated through DefenseParams (InvalidParameters).
-        The version is bumped when a stored value actually changes.
+        The version is bumped when a stored value actually changes. With
+        ``allow_clean_outputs=False`` a change of defense parameters that leaves
+        base_variance at 0 is refused (InvalidParameters); changing only the models
+        or limits of such a tenant is not.
         """
         unknown = set(changes) - UPDATABLE_FIELDS
         if unknown:
@@ -233,25 +251,30 @@ class TenantStore:
             row = self._row(session, name, for_update=True)
             current = _to_tenant(row)
             params = _changed_params(current.params, changes)
+            if not allow_clean_outputs and PARAM_FIELDS.intersection(changes):
+                refuse_clean_outputs(params)
             models = (
                 normalize_allowed_models(changes["allowed_models"])
                 if "allowed_models" in changes
                 else current.allowed_models
             )
-            rate = (
-                validate_rate_limit(changes["rate_limit_per_second"])
-                if "rate_limit_per_second" in changes
-                else current.rate_limit_per_second
+            rate, rows_rate = (
+                validate_rate_limit(changes[limit], limit)
+                if limit in changes
+                else getattr(current, limit)
+                for limit in LIMIT_FIELDS
             )
-            if (params, models, rate) == (
+            if (params, models, rate, rows_rate) == (
                 current.params,
                 current.allowed_models,
                 current.rate_limit_per_second,
+                current.rows_per_second,
             ):
                 return current
             _write_params(row, params)
             row.allowed_models = _stored_models(models)
             row.rate_limit_per_second = rate
+            row.rows_per_second = rows_rate
             self._touch(row)
             return _to_tenant(row)
 

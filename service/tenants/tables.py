@@ -46,6 +46,8 @@ class TenantRow(Base):
     # SQL NULL (not JSON null) means "every model".
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     rate_limit_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Input rows per second, over all requests (migration 0003); NULL = unlimited.
+    rows_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
@@ -55,9 +57,20 @@ class TenantRow(Base):
 
 
 class RateLimitRow(Base):
-    """GCRA state of one rate-limited tenant (table created by migration 0002)."""
+    """GCRA state of one rate-limited tenant's requests (table created by migration 0002)."""
 
     __tablename__ = "rate_limits"
+
+    tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float, nullable=False)
+    interval_seconds: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class RowLimitRow(Base):
+    """GCRA state of one tenant's rows-per-second limit, counted in input rows (table
+    created by migration 0003; the same columns as ``rate_limits``)."""
+
+    __tablename__ = "row_limits"
 
     tenant: Mapped[str] = mapped_column(String(63), primary_key=True)
     tat: Mapped[float] = mapped_column(Float, nullable=False)

@@ -38,7 +38,8 @@ def test_create_list_update_delete(harness: Harness) -> None:
     assert c.delete("/admin/tenants/clinic", headers=admin).status_code == 404
 
 
-def test_parameter_change_takes_effect_on_next_request(harness: Harness) -> None:
+def test_parameter_change_takes_effect_on_next_request(clean_harness: Harness) -> None:
+    harness = clean_harness  # base_variance 0: the temperature's effect alone
     key = harness.add_tenant("acme", base_variance=0.0, temperature=1.0)
     first = harness.client.post(
         "/v1/models/toy/predict", json={"instances": [ROW_TOY]}, headers=bearer(key)
@@ -162,11 +163,72 @@ def test_openapi_documents_every_route_with_examples(harness: Harness) -> None:
         "/v1/models/{model}/predict",
         "/v2/models/{model}/infer",
         "/admin/tenants",
-        "/metrics",
     ):
         assert path in paths
+    assert "/metrics" not in paths  # served by the metrics listener, not the public app
     predict_body = paths["/v1/models/{model}/predict"]["post"]["requestBody"]["content"][
         "application/json"
     ]
     assert predict_body["schema"]["examples"]
     assert "422" in paths["/v1/models/{model}/predict"]["post"]["responses"]
+
+
+@pytest.mark.parametrize("temperature", [1.0, 10.0, 0.01])
+def test_a_tenant_with_clean_outputs_is_refused_unless_the_setting_allows_it(
+    harness: Harness, clean_harness: Harness, temperature: float
+) -> None:
+    """base_variance 0 answers softmax(z / T): a bijection of the clean probabilities."""
+    body = {"name": "clean", "base_variance": 0.0, "temperature": temperature}
+    refused = harness.client.post("/admin/tenants", json=body, headers=harness.admin)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["code"] == "invalid_parameters"
+    assert "DYNANOISE_ALLOW_CLEAN_OUTPUTS" in refused.json()["error"]["message"]
+    assert harness.client.get("/admin/tenants/clean", headers=harness.admin).status_code == 404
+    allowed = clean_harness.client.post("/admin/tenants", json=body, headers=clean_harness.admin)
+    assert allowed.status_code == 201, allowed.text
+
+
+def test_updating_a_tenant_to_clean_outputs_is_refused(harness: Harness) -> None:
+    harness.add_tenant("acme", base_variance=0.5)
+    refused = harness.client.patch(
+        "/admin/tenants/acme", json={"base_variance": 0.0}, headers=harness.admin
+    )
+    assert refused.status_code == 422, refused.text
+    assert "DYNANOISE_ALLOW_CLEAN_OUTPUTS" in refused.json()["error"]["message"]
+    tenant = harness.client.get("/admin/tenants/acme", headers=harness.admin).json()
+    assert tenant["base_variance"] == 0.5 and tenant["version"] == 1
+
+
+def test_a_stored_clean_tenant_keeps_refusing_new_parameters_but_not_new_limits(
+    harness: Harness,
+) -> None:
+    from service.defense import DefenseParams
+    from service.tenants import TenantStore
+
+    with TenantStore(harness.settings.database_url) as store:
+        store.create("clean", DefenseParams(base_variance=0.0))
+    admin = harness.admin
+    patch = harness.client.patch
+    assert (
+        patch("/admin/tenants/clean", json={"temperature": 2.0}, headers=admin).status_code == 422
+    )
+    limited = patch("/admin/tenants/clean", json={"rows_per_second": 5.0}, headers=admin)
+    assert limited.status_code == 200, limited.text
+    fixed = patch("/admin/tenants/clean", json={"base_variance": 0.1}, headers=admin)
+    assert fixed.status_code == 200 and fixed.json()["base_variance"] == 0.1
+
+
+def test_rows_per_second_is_created_shown_updated_and_cleared(harness: Harness) -> None:
+    c, admin = harness.client, harness.admin
+    created = c.post("/admin/tenants", json={"name": "acme", "rows_per_second": 50}, headers=admin)
+    assert created.status_code == 201, created.text
+    assert created.json()["rows_per_second"] == 50.0
+    assert created.json()["rate_limit_per_second"] is None
+    assert c.get("/admin/tenants/acme", headers=admin).json()["rows_per_second"] == 50.0
+    patched = c.patch("/admin/tenants/acme", json={"rows_per_second": 8.0}, headers=admin)
+    assert patched.json()["rows_per_second"] == 8.0
+    cleared = c.patch("/admin/tenants/acme", json={"rows_per_second": None}, headers=admin)
+    assert cleared.status_code == 200 and cleared.json()["rows_per_second"] is None
+    for bad in (0, -1, "many"):
+        response = c.patch("/admin/tenants/acme", json={"rows_per_second": bad}, headers=admin)
+        assert response.status_code == 422, bad

@@ -12,8 +12,10 @@ from fastapi.testclient import TestClient
 
 from service.api import fastpath, inference
 from service.app import create_app
+from service.defense import DefenseParams
 from service.protocol import encode_v2_request
 from service.settings import Settings
+from service.tenants import TenantStore
 
 from ..conftest import ADMIN_TOKEN, ROW_TOY
 
@@ -40,10 +42,13 @@ def clients(
             ("keyed", {"noise_mode": "keyed"}),
             ("limited", {"noise_mode": "keyed", "rate_limit_per_second": 0.001}),
             ("toy-only", {"noise_mode": "keyed", "allowed_models": ["toy"]}),
+            ("one-row", {"noise_mode": "keyed", "rows_per_second": 0.001}),  # a bucket of 1 row
         ):
             created = fast.post("/admin/tenants", json={"name": name, **params}, headers=ADMIN)
             assert created.status_code == 201, created.text
             keys[name] = created.json()["api_key"]
+        with TenantStore(settings.database_url) as store:  # as if created with clean outputs on
+            keys["clean"] = store.create("clean", DefenseParams(base_variance=0.0))[1]
         yield fast, plain, keys
 
 
@@ -83,6 +88,17 @@ def _cases(keys: dict[str, str]) -> list[tuple[str, dict[str, object]]]:
         ("/v1/models/toy/predict", {"content": b'{"instances": [[1, 2]]}', "headers": key}),
         ("/v1/models/toy/predict", {"content": b"x" * 70_000, "headers": key}),  # over the limit
         ("/v2/models/toy/infer", {"content": b'{"inputs": []}', "headers": key}),
+        (
+            "/v1/models/toy/predict",
+            {"content": v1, "headers": {"Authorization": f"Bearer {keys['clean']}"}},
+        ),
+        (  # two rows where the bucket holds one: refused whatever the bucket's state
+            "/v1/models/toy/predict",
+            {
+                "content": orjson.dumps({"instances": [ROW_TOY, ROW_TOY]}),
+                "headers": {"Authorization": f"Bearer {keys['one-row']}"},
+            },
+        ),
     ]
 
 
@@ -121,6 +137,25 @@ def test_fast_route_keeps_rate_limits_and_their_retry_after(
     assert refused.status_code == 429
     assert refused.headers["retry-after"]
     assert refused.json()["error"]["code"] == "rate_limited"
+
+
+def test_fast_route_refuses_clean_outputs_and_more_rows_than_the_bucket_holds(
+    clients: tuple[TestClient, TestClient, dict[str, str]],
+) -> None:
+    fast, _, keys = clients
+    clean = fast.post(
+        "/v1/models/toy/predict",
+        content=orjson.dumps({"instances": [ROW_TOY]}),
+        headers={"Authorization": f"Bearer {keys['clean']}"},
+    )
+    assert clean.status_code == 403 and clean.json()["error"]["code"] == "clean_outputs_refused"
+    rows = fast.post(
+        "/v1/models/toy/predict",
+        content=orjson.dumps({"instances": [ROW_TOY, ROW_TOY]}),
+        headers={"Authorization": f"Bearer {keys['one-row']}"},
+    )
+    assert rows.status_code == 429 and rows.headers["retry-after"]
+    assert "at most 1 rows per request" in rows.json()["error"]["message"]
 
 
 def test_other_methods_and_paths_go_to_fastapi(
@@ -175,11 +210,12 @@ def test_small_requests_of_a_cached_tenant_run_inline(
     [
         ({"tenant_cache_seconds": 0.0}, {}, SMALL),  # every request may query the database
         ({}, {"rate_limit_per_second": 1000.0}, SMALL),  # the limiter may write to it
+        ({}, {"rows_per_second": 1000.0}, SMALL),  # so may the rows limiter
         ({"batching_max_delay_ms": 1.0}, {}, SMALL),  # a batched request waits for others
         ({"inline_max_body_bytes": 0}, {}, SMALL),  # inline switched off
         ({"inline_max_body_bytes": 100}, {}, orjson.dumps({"instances": [ROW_TOY] * 8})),
     ],
-    ids=["no-cache", "rate-limited", "batching", "inline-off", "large-body"],
+    ids=["no-cache", "rate-limited", "rows-limited", "batching", "inline-off", "large-body"],
 )
 def test_requests_that_could_block_the_event_loop_use_the_thread_pool(
     settings: Settings,

@@ -32,7 +32,8 @@ def test_v1_returns_defended_probabilities(harness: Harness) -> None:
         assert prediction["label"] == f"class_{p.argmax()}"
 
 
-def test_temperature_flattens_the_answer(harness: Harness) -> None:
+def test_temperature_flattens_the_answer(clean_harness: Harness) -> None:
+    harness = clean_harness  # base_variance 0: temperature alone
     sharp = harness.add_tenant("sharp", base_variance=0.0, temperature=0.5)
     smooth = harness.add_tenant("smooth", base_variance=0.0, temperature=50.0)
     p_sharp = np.array(
@@ -167,3 +168,71 @@ def test_responses_never_contain_clean_probabilities(harness: Harness, models_di
     ).text
     for value in z:
         assert f"{value:.4f}"[:6] not in raw
+
+
+def _centred_logits(probabilities: list[list[float]], temperature: float) -> np.ndarray:
+    log_p = np.log(np.asarray(probabilities, dtype=np.float64))
+    return temperature * (log_p - log_p.mean(axis=1, keepdims=True))
+
+
+def test_keyed_answers_around_a_base_variance_change_do_not_give_the_logits(
+    harness: Harness,
+) -> None:
+    """Issue 13: keyed draws reused across a base_variance change let one answer before
+    and one after solve for the clean logits, c = (rho c1 - c2) / (rho - 1). The seeds
+    are bound to the tenant's parameters: the solution misses by about the noise."""
+    from ..onnx_factory import linear_logits
+
+    key = harness.add_tenant(
+        "keyed", noise_mode="keyed", base_variance=0.3, lambda_scale=0.0, temperature=2.0
+    )
+    rows = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32).tolist()
+
+    def answer() -> list[list[float]]:
+        status, body = _predict(harness, key, {"instances": rows})
+        assert status == 200, body
+        return [p["probabilities"] for p in body["predictions"]]
+
+    before = answer()
+    assert answer() == before  # unchanged parameters: the very same answers
+    patched = harness.client.patch(
+        "/admin/tenants/keyed", json={"base_variance": 0.6}, headers=harness.admin
+    )
+    assert patched.status_code == 200, patched.text
+    after = answer()
+    rho = np.sqrt(0.6 / 0.3)
+    solved = (rho * _centred_logits(before, 2.0) - _centred_logits(after, 2.0)) / (rho - 1.0)
+    clean = linear_logits(harness.settings.models_dir / "toy", np.array(rows, np.float32))
+    clean = clean - clean.mean(axis=1, keepdims=True)
+    # Reused draws: error ~1e-6 (float32 answers). New draws: ~ the noise, sigma0 ~ 0.55.
+    assert np.abs(solved - clean).mean() > 0.2
+    # Going back to the earlier parameters gives back the earlier answers, no new draws.
+    harness.client.patch("/admin/tenants/keyed", json={"base_variance": 0.3}, headers=harness.admin)
+    assert answer() == before
+
+
+def test_a_stored_tenant_with_clean_outputs_is_refused_at_serve_time(harness: Harness) -> None:
+    """A base_variance 0 tenant (e.g. created while DYNANOISE_ALLOW_CLEAN_OUTPUTS was
+    set) is not served without the setting: 403, on every route, naming the setting."""
+    from service.defense import DefenseParams
+    from service.tenants import TenantStore
+
+    with TenantStore(harness.settings.database_url) as store:
+        _, key = store.create("clean", DefenseParams(base_variance=0.0, temperature=7.0))
+    v2 = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}
+    for path, body in (
+        ("/v1/models/toy/predict", {"instances": [ROW]}),
+        ("/v2/models/toy/infer", v2),
+    ):
+        response = harness.client.post(path, json=body, headers=bearer(key))
+        assert response.status_code == 403, response.text
+        error = response.json()["error"]
+        assert error["code"] == "clean_outputs_refused"
+        assert "DYNANOISE_ALLOW_CLEAN_OUTPUTS" in error["message"]
+        assert "probabilities" not in response.json()
+
+
+def test_clean_outputs_are_served_when_the_setting_allows_them(clean_harness: Harness) -> None:
+    key = clean_harness.add_tenant("off", base_variance=0.0, temperature=1.0)
+    status, body = _predict(clean_harness, key, {"instances": [ROW]})
+    assert status == 200, body

@@ -19,11 +19,13 @@ from fastapi.testclient import TestClient
 
 from service.api.middleware import SECURITY_HEADERS
 from service.app import create_app
+from service.metrics_server import metrics_app
 from service.settings import Settings
 from service.tenants import StoreUnavailable
 
 from ..conftest import ADMIN_TOKEN, ROW_TOY, Harness, bearer
 from ..reliability.leaks import internals_in, leaked
+from ..scrape import scrape_response
 
 PREDICT = "/v1/models/toy/predict"
 INFER = "/v2/models/toy/infer"
@@ -285,7 +287,7 @@ def test_the_noise_secret_never_leaves_the_server(
         c.post(PREDICT, json=BODY, headers=bearer(key)),
         c.post(PREDICT, json={"instances": [[1.0]]}, headers=bearer(key)),
         c.post(INFER, json=V2_BODY, headers=bearer(key)),
-        c.get("/metrics"),
+        scrape_response(c),  # the metrics listener's answer, with every tenant's series
         c.get("/openapi.json"),
         c.get("/v1/models"),
         c.get("/v2/models/toy"),
@@ -407,7 +409,9 @@ def test_every_kind_of_response_carries_the_security_headers(
     responses = {
         "200 v1": c.post(PREDICT, json=BODY, headers=bearer(key)),
         "200 v2 binary": c.post(INFER, json=binary, headers=bearer(key)),
-        "200 metrics": c.get("/metrics"),
+        "200 metrics listener": scrape_response(c),
+        "401 metrics listener": TestClient(metrics_app(None, token="t")).get("/metrics"),
+        "404 public metrics": c.get("/metrics"),
         "200 openapi": c.get("/openapi.json"),
         "200 docs": c.get("/docs"),
         "200 health": c.get("/v2/health/live"),

@@ -17,6 +17,7 @@ from service.app import create_app
 from service.defense import InvalidParameters
 from service.errors import (
     BadInput,
+    CleanOutputsRefused,
     Conflict,
     DefenseFailure,
     Forbidden,
@@ -33,6 +34,7 @@ from service.tenants import CorruptTenant, StoreUnavailable, TenantExists, Tenan
 from service.tenants.tables import TenantRow
 
 from ..conftest import ADMIN_TOKEN, ROW_TOY
+from ..scrape import scrape
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 V1 = {"instances": [ROW_TOY]}
@@ -49,6 +51,7 @@ ERRORS = [
     UnknownModel("x"),
     Unauthorized("x"),
     Forbidden("x"),
+    CleanOutputsRefused("x"),
     NotFound("x"),
     Conflict("x"),
     RateLimited("x", 2.0),
@@ -115,9 +118,9 @@ def test_the_metric_counts_the_status_the_client_got(
 
     monkeypatch.setattr(services.predictor, "predict", fail)
     path, body = PATHS[route]
-    before = client.get("/metrics").text
+    before = scrape(client)
     response = client.post(path, json=body, headers=key)
-    after = client.get("/metrics").text
+    after = scrape(client)
     expected = status_for(error)
     assert response.status_code == expected.status
     assert response.json()["error"]["code"] == expected.code
@@ -138,25 +141,25 @@ def test_a_corrupt_tenant_row_is_a_logged_store_fault_not_the_callers(
             update(TenantRow).where(TenantRow.name == "broken").values(temperature=-1.0)
         )
     store._invalidate()
-    before = client.get("/metrics").text
+    before = scrape(client)
     with caplog.at_level(logging.ERROR):
         response = client.post("/v1/models/toy/predict", json=V1, headers=key)
     assert response.status_code == 500
     assert response.json()["error"] == {"code": "internal_error", "message": "internal error"}
-    assert _count(client.get("/metrics").text, 500) - _count(before, 500) == 1
+    assert _count(scrape(client), 500) - _count(before, 500) == 1
     assert "stored tenant 'broken' is corrupt" in caplog.text
 
 
 def test_a_malformed_gzip_body_is_counted(client: TestClient) -> None:
     key = _key(client)
-    before = client.get("/metrics").text
+    before = scrape(client)
     response = client.post(
         "/v1/models/toy/predict",
         content=b"not gzip at all",
         headers={**key, "Content-Encoding": "gzip", "Content-Type": "application/json"},
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "malformed_body"
-    assert _count(client.get("/metrics").text, 400) - _count(before, 400) == 1
+    assert _count(scrape(client), 400) - _count(before, 400) == 1
     good = gzip.compress(b'{"instances": [[0.5, -1.0, 2.0, 0.25]]}')
     assert (
         client.post(
@@ -171,7 +174,7 @@ def test_a_malformed_gzip_body_is_counted(client: TestClient) -> None:
 def test_the_guards_413s_are_counted(client: TestClient, settings: Settings) -> None:
     key = _key(client)
     oversized = b"x" * (settings.max_body_bytes + 1)
-    before = client.get("/metrics").text
+    before = scrape(client)
     declared = client.post("/v1/models/toy/predict", content=oversized, headers=key)
 
     def streamed() -> Iterator[bytes]:
@@ -180,4 +183,4 @@ def test_the_guards_413s_are_counted(client: TestClient, settings: Settings) -> 
     chunked = client.post("/v2/models/toy/infer", content=streamed(), headers=key)
     assert declared.status_code == chunked.status_code == 413
     assert declared.json()["error"]["code"] == "payload_too_large"
-    assert _count(client.get("/metrics").text, 413) - _count(before, 413) == 2
+    assert _count(scrape(client), 413) - _count(before, 413) == 2

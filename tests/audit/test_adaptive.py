@@ -24,7 +24,7 @@ from service.audit.defense_aware import (
     reference_scores,
 )
 from service.audit.defenses import DynaNoiseDefense, build_defenses
-from service.defense import DefenseParams, NoiseMode, keyed_seeds
+from service.defense import DefenseParams, NoiseMode, apply_dynanoise, keyed_seeds
 
 K = 10
 
@@ -98,15 +98,17 @@ def test_the_answer_spread_grows_with_the_clean_confidence() -> None:
     assert low.mean() == pytest.approx(0.27, rel=0.1)
 
 
-def test_two_keyed_answers_around_a_variance_change_give_the_exact_logits() -> None:
+def test_two_answers_with_the_same_draws_around_a_variance_change_give_the_exact_logits() -> None:
+    """The differencing attack's algebra, on a server whose draws ignore the parameters
+    (as keyed noise did before its seeds were bound to them): same unit draws u."""
     rng = np.random.default_rng(2)
     z = rng.normal(0.0, 4.0, size=(50, K)).astype(np.float32)
-    x = _inputs(n=50)
-    (keyed,) = build_defenses(["dynanoise_keyed"], secret=b"s" * 32, model_id="m@1")
-    assert isinstance(keyed, DynaNoiseDefense)
-    louder = replace(keyed, params=replace(keyed.params, base_variance=0.6))
-    before, after = keyed(z, x, rng), louder(z, x, rng)
-    solved = difference_parameter_change(before, after, keyed.temperature, 0.3, 0.6)
+    u = rng.standard_normal((50, 1, K))
+    params = DefenseParams(base_variance=0.3)
+    louder = replace(params, base_variance=0.6)
+    before = apply_dynanoise(z, params, u).probabilities
+    after = apply_dynanoise(z, louder, u).probabilities
+    solved = difference_parameter_change(before, after, params.temperature, 0.3, 0.6)
     centred = z - z.mean(axis=1, keepdims=True)
     assert np.abs(before - after).max() > 1e-3  # the answers did change
     np.testing.assert_allclose(solved, centred, atol=1e-4)

@@ -138,6 +138,7 @@ def test_in_process_oracle_without_defense_is_the_model_softmax(tmp_path: Path) 
     np.testing.assert_allclose(oracle.query(x), expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_black_box_audit_of_a_live_deployment(deployment: Deployment) -> None:
     """`dynanoise audit --endpoint ...`: the served defense is attacked over HTTP with
     near-duplicates, no_defense in process beside it, members told apart by the

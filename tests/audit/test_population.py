@@ -72,6 +72,7 @@ def null_world() -> Iterator[tuple[Population, Population]]:
     yield shadows, outsiders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("design", ["outside targets", "leave-one-out"])
 @pytest.mark.parametrize("name", ["no_defense", "dynanoise_fresh", "dynanoise_keyed"])
 def test_null_control_every_attack_interval_contains_one_half(

@@ -50,6 +50,7 @@ def overfit_audit() -> Iterator[AuditOutcome]:
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_run_reports_every_defense_protocol_and_the_results_contract(
     overfit_audit: AuditOutcome,
 ) -> None:
@@ -76,12 +77,14 @@ def test_run_reports_every_defense_protocol_and_the_results_contract(
     assert fpr[0] == 0.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
 
 
+@pytest.mark.slow
 def test_midput_is_zero_for_no_defense(overfit_audit: AuditOutcome) -> None:
     results = overfit_audit.results["results"]
     assert results["no_defense"]["paper"]["midput"] == pytest.approx(0.0, abs=1e-12)
     assert len(results["dynanoise_fresh"]["paper"]["midput_by_repeat"]) == 2
 
 
+@pytest.mark.slow
 def test_every_attack_beats_chance_on_an_undefended_overfit_model(
     overfit_audit: AuditOutcome,
 ) -> None:
@@ -93,6 +96,7 @@ def test_every_attack_beats_chance_on_an_undefended_overfit_model(
         assert attack["auc"] > 0.6 and attack["auc_ci"][0] > 0.5, name
 
 
+@pytest.mark.slow
 def test_the_adaptive_attacker_undoes_dynanoise_that_fools_the_paper_protocol(
     overfit_audit: AuditOutcome,
 ) -> None:
@@ -112,8 +116,9 @@ def test_the_adaptive_attacker_undoes_dynanoise_that_fools_the_paper_protocol(
     assert keyed["lira_online/repeat/4"]["auc"] == pytest.approx(
         keyed["lira_online/repeat/1"]["auc"], abs=0.02
     )
-    # Two answers around a base_variance change give the clean logits back.
-    assert keyed["lira_online/parameter_change/2"]["auc"] == pytest.approx(undefended, abs=0.03)
+    # Keyed seeds are bound to the parameters: two answers around a base_variance change
+    # are two independent draws, and differencing them amplifies the noise.
+    assert keyed["lira_online/parameter_change/2"]["auc"] < undefended - 0.1
 
 
 # ---------------------------------------------------------------- hand-made logits

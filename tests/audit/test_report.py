@@ -37,6 +37,7 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield out
 
 
+@pytest.mark.slow
 def test_results_json_holds_every_number_and_how_it_was_made(report_dir: Path) -> None:
     results = json.loads((report_dir / "results.json").read_text())
     assert list(results["results"]) == list(DEFENSES) == list(results["worst_case"])
@@ -60,6 +61,7 @@ def test_results_json_holds_every_number_and_how_it_was_made(report_dir: Path) -
     assert "--seed 3" in results["command"] and "--epochs 2" in results["command"]
 
 
+@pytest.mark.slow
 def test_results_csv_has_one_row_per_defense_protocol_and_attack(report_dir: Path) -> None:
     with (report_dir / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -78,6 +80,7 @@ def test_results_csv_has_one_row_per_defense_protocol_and_attack(report_dir: Pat
     assert float(row["auc_ci_low"]) == pytest.approx(report["auc_ci"][0])
 
 
+@pytest.mark.slow
 def test_report_md_leads_with_the_worst_case_then_the_paper_table(report_dir: Path) -> None:
     text = (report_dir / "report.md").read_text()
     results = json.loads((report_dir / "results.json").read_text())
@@ -93,6 +96,7 @@ def test_report_md_leads_with_the_worst_case_then_the_paper_table(report_dir: Pa
         assert f"]({png})" in text
 
 
+@pytest.mark.slow
 def test_the_gate_fails_the_run_and_names_the_attack(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -113,6 +117,7 @@ def test_the_gate_fails_the_run_and_names_the_attack(
     assert not verdict["passed"] and verdict["violations"][0]["attack"] in err
 
 
+@pytest.mark.slow
 def test_report_renders_again_from_the_json_alone(report_dir: Path, tmp_path: Path) -> None:
     for name in ("results.json", "roc.json"):
         (tmp_path / name).write_bytes((report_dir / name).read_bytes())

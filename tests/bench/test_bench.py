@@ -1,25 +1,31 @@
-"""`dynanoise bench` on tiny configurations: the files it writes and their keys."""
+"""The benchmark harness (bench/harness, `python -m bench`, `dynanoise bench`) on tiny
+configurations: the files it writes and their keys, and its command line."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.bench import BenchConfig, run_bench
-from service.bench.load import LoadError, parse_wrk_output
-from service.bench.memory import serving_install_size
-from service.bench.models import default_model_dir, prepare_models
-from service.bench.naive_app import create_app
-from service.bench.payloads import sample_rows, v1_json, v2_binary
-from service.bench.report import TARGETS, render_markdown
-from service.bench.runner import _interleave
-from service.bench.stats import ratios, spread
-from service.cli import build_parser
+from bench.harness import runner
+from bench.harness.cli import build_parser
+from bench.harness.config import QUICK_DIR, RESULTS_DIR, BenchConfig
+from bench.harness.load import LoadError, parse_wrk_output
+from bench.harness.memory import serving_install_size
+from bench.harness.models import default_model_dir, prepare_models
+from bench.harness.naive_app import create_app
+from bench.harness.payloads import sample_rows, v1_json, v2_binary
+from bench.harness.report import TARGETS, render_markdown
+from bench.harness.runner import _interleave, run_bench
+from bench.harness.stats import ratios, spread
+from service import cli
+from service.commands import bench as bench_command
 
 SUMMARY_KEYS = {
     "defense_us_per_sample_b1024_k10",
@@ -45,8 +51,10 @@ def _tiny(tmp_path: Path, sections: tuple[str, ...], **changes: object) -> Bench
     )
 
 
-def test_defense_and_memory_sections_write_json_markdown_and_plots(tmp_path: Path) -> None:
-    results = run_bench(_tiny(tmp_path, ("defense", "memory")), log=lambda _: None)
+def test_defense_section_writes_json_markdown_and_plots(tmp_path: Path) -> None:
+    # In process, no load generator; the memory section (a served, warmed-up worker)
+    # is measured with the load test below.
+    results = run_bench(_tiny(tmp_path, ("defense",)), log=lambda _: None)
     out = tmp_path / "bench"
     written = json.loads((out / "results.json").read_text())
     assert written == json.loads(json.dumps(results))
@@ -61,8 +69,6 @@ def test_defense_and_memory_sections_write_json_markdown_and_plots(tmp_path: Pat
     for row in written["defense"]:
         spread_ = row["us_per_sample"]
         assert spread_["min"] <= spread_["median"] <= spread_["max"] and spread_["n"] == 2
-    assert written["memory"]["service_worker_rss_mb"] > 0
-    assert written["memory"]["serving_install"]["includes_torch"] is False
     assert written["meta"]["model"]["name"] == "linear784"
     readme = (out / "README.md").read_text()
     assert "dynanoise bench --test" in readme
@@ -73,9 +79,15 @@ def test_defense_and_memory_sections_write_json_markdown_and_plots(tmp_path: Pat
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
-def test_a_one_second_load_measures_the_service_on_and_off(tmp_path: Path) -> None:
-    config = _tiny(tmp_path, ("service",), concurrencies=(4,), load_repeats=1, load_seconds=1)
+def test_a_one_second_load_measures_the_service_on_and_off_and_its_memory(
+    tmp_path: Path,
+) -> None:
+    config = _tiny(
+        tmp_path, ("service", "memory"), concurrencies=(4,), load_repeats=1, load_seconds=1
+    )
     results = run_bench(config, log=lambda _: None)
+    assert results["memory"]["service_worker_rss_mb"] > 0
+    assert results["memory"]["serving_install"]["includes_torch"] is False
     rows = [row for row in results["service"] if "throughput_rps" in row]
     assert {(row["endpoint"], row["defense"]) for row in rows} == {
         ("v1", "on"), ("v1", "off"), ("v2", "on"), ("v2", "off"),
@@ -167,6 +179,62 @@ def test_markdown_renders_with_nothing_measured() -> None:
     assert "not measured" in text
 
 
-def test_cli_registers_the_bench_command() -> None:
-    args = build_parser().parse_args(["bench", "--quick", "--sections", "defense,memory"])
-    assert args.quick and args.sections == ("defense", "memory")
+def test_cli_parses_the_bench_options() -> None:
+    args = build_parser().parse_args(["--quick", "--sections", "defense,memory"])
+    assert args.quick and args.sections == ("defense", "memory") and args.out is None
+
+
+def test_quick_runs_write_under_reports_not_over_the_committed_results() -> None:
+    assert BenchConfig.full().out_dir == RESULTS_DIR == Path("bench")
+    assert BenchConfig.quick().out_dir == QUICK_DIR
+    assert not QUICK_DIR.is_relative_to(RESULTS_DIR)
+    assert BenchConfig.quick(out_dir=Path("x")).out_dir == Path("x")
+
+
+def test_dynanoise_bench_delegates_to_the_harness(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[BenchConfig] = []
+
+    def fake_run(config: BenchConfig, log: object) -> dict[str, object]:
+        seen.append(config)
+        return {"summary": {"defense_us_per_sample_b1024_k10": 0.5, "targets_met": {}}}
+
+    monkeypatch.setattr(runner, "run_bench", fake_run)
+    assert cli.main(["bench", "--quick", "--sections", "defense", "--no-plots"]) == 0
+    (config,) = seen
+    assert config.out_dir == QUICK_DIR and config.sections == ("defense",) and not config.plots
+    assert config.command == "dynanoise bench --quick --sections defense --no-plots"
+    assert "defense_us_per_sample_b1024_k10: 0.5" in capsys.readouterr().out
+
+    assert cli.main(["bench", "--sections", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("dynanoise bench: unknown sections")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["bench", "--help"])
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith("usage: dynanoise bench") and "--quick" in help_text
+
+
+def test_dynanoise_bench_without_the_harness_says_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What an installed wheel sees: no `bench` package, no checkout around `service`.
+    for name in ("bench", "bench.harness", "bench.harness.cli"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setattr(bench_command, "CHECKOUT", tmp_path)
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "not part of the installed package" in err and "python -m bench" in err
+
+
+def test_python_m_bench_answers_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m bench") and "--sections" in result.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -108,6 +110,89 @@ def test_keyed_noise_repeats_for_identical_input_and_differs_otherwise() -> None
     other = run(b"a" * 32, changed)
     np.testing.assert_array_equal(first[[0, 2]], other[[0, 2]])  # rows are independent
     assert not np.allclose(first[1], other[1])
+
+
+def _centred_logits(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """T log p, centred per row: the noisy logits z + sigma e, up to a row constant."""
+    log_p = np.log(np.asarray(probabilities, dtype=np.float64))
+    return temperature * (log_p - log_p.mean(axis=1, keepdims=True))
+
+
+def test_two_keyed_answers_around_a_base_variance_change_no_longer_give_the_logits() -> None:
+    """Issue 13: with draws kept across a base_variance change, c1 = c + s1 e and
+    c2 = c + s2 e solve for c = (rho c1 - c2) / (rho - 1) exactly (error ~1e-6). Seeds
+    bound to the parameters draw new noise instead: the solution is off by about the
+    noise itself."""
+    rng = _rng(2)
+    z = rng.normal(0.0, 4.0, size=(200, 10)).astype(np.float32)
+    x = rng.random((200, 8)).astype(np.float32)
+    before = DefenseParams(base_variance=0.3, lambda_scale=0.0, noise_mode=NoiseMode.KEYED)
+    after = DefenseParams(base_variance=0.6, lambda_scale=0.0, noise_mode=NoiseMode.KEYED)
+
+    def answer(params: DefenseParams) -> np.ndarray:
+        out = defend(z, params, secret=b"s" * 32, model_id="m@1", inputs=x)
+        return np.asarray(out.probabilities)
+
+    first = answer(before)
+    c1 = _centred_logits(first, before.temperature)
+    c2 = _centred_logits(answer(after), after.temperature)
+    rho = np.sqrt(after.base_variance / before.base_variance)
+    solved = (rho * c1 - c2) / (rho - 1.0)
+    clean = z - z.mean(axis=1, keepdims=True)
+    error = np.abs(solved - clean)
+    # Independent draws: solved - c = (rho s1 e1 - s2 e2) / (rho - 1), about 3.3 s1 a value.
+    assert error.mean() > 0.5 * np.sqrt(before.base_variance)
+    assert np.median(error) > 1e-2
+    # The same parameters, the same answers, to the bit; and back to them, the same again.
+    np.testing.assert_array_equal(answer(before), first)
+    np.testing.assert_array_equal(answer(replace(after, base_variance=0.3)), first)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"base_variance": 0.31},
+        {"lambda_scale": 1.0},
+        {"temperature": 9.0},
+        {"ensemble_size": 2},
+        {"sensitivity": Sensitivity.MARGIN},
+    ],
+)
+def test_keyed_seeds_are_bound_to_every_parameter(change: dict[str, object]) -> None:
+    x = _rng(4).random((50, 6)).astype(np.float32)
+    params = DefenseParams(noise_mode=NoiseMode.KEYED)
+    seeds = keyed_seeds(b"k" * 32, "m@1", x, params)
+    other = keyed_seeds(b"k" * 32, "m@1", x, replace(params, **change))  # type: ignore[arg-type]
+    assert not np.isin(other, seeds).any()
+
+
+def test_keyed_seeds_of_equal_parameters_are_equal() -> None:
+    x = _rng(4).random((5, 6)).astype(np.float32)
+    a = DefenseParams(base_variance=1, lambda_scale=0.0, ensemble_size=2, noise_mode="keyed")  # type: ignore[arg-type]
+    b = DefenseParams(
+        base_variance=1.0, lambda_scale=-0.0, ensemble_size=2, noise_mode=NoiseMode.KEYED
+    )
+    assert a.canonical() == b.canonical()
+    np.testing.assert_array_equal(keyed_seeds(b"k", "m", x, a), keyed_seeds(b"k", "m", x, b))
+
+
+def test_noise_source_draws_anew_when_a_tenants_parameters_change() -> None:
+    """The serving path keeps one seeder per (secret, model): a parameter change must
+    replace it, and a reloaded tenant with the same values must keep its answers."""
+    source = NoiseSource(DirectNormals(None))
+    x = _rng(5).random((20, 6)).astype(np.float32)
+    params = DefenseParams(base_variance=0.3, noise_mode=NoiseMode.KEYED)
+
+    def draws(p: DefenseParams) -> np.ndarray:
+        out = source.draws(p, 20, 10, inputs=x, secret=b"t" * 32, model_id="m@1")
+        assert out is not None
+        return np.array(out)
+
+    first = draws(params)
+    louder = draws(replace(params, base_variance=0.6))
+    assert np.abs(first - louder).min() > 0.0
+    np.testing.assert_array_equal(draws(replace(params)), first)  # equal values, new object
+    np.testing.assert_array_equal(draws(params), first)
 
 
 def test_keyed_seed_ignores_the_sign_of_zero() -> None:

@@ -196,17 +196,54 @@ def test_keyed_normals_match_splitmix_and_box_muller(ensemble: int, k: int) -> N
         )
 
 
+def reference_parameter_key(secret: bytes, params: DefenseParams) -> bytes:
+    """HMAC-SHA256(secret, context || every parameter as name=value lines), spelled out."""
+    text = (
+        f"base_variance={float(params.base_variance).hex()}\n"
+        f"lambda_scale={float(params.lambda_scale).hex()}\n"
+        f"temperature={float(params.temperature).hex()}\n"
+        f"ensemble_size={int(params.ensemble_size)}\n"
+        f"sensitivity={params.sensitivity.value}\n"
+        f"noise_mode={params.noise_mode.value}\n"
+    )
+    context = b"dynanoise keyed-noise parameter key v1\x00"
+    return hmac.digest(secret, context + text.encode(), hashlib.sha256)
+
+
 @pytest.mark.parametrize("secret", [b"s" * 32, b"", b"x" * 100])
-def test_keyed_seeds_are_the_hmac_of_model_shape_and_row(secret: bytes) -> None:
+@pytest.mark.parametrize(
+    "params",
+    [
+        DefenseParams(noise_mode=NoiseMode.KEYED),
+        DefenseParams(
+            base_variance=1.25,
+            lambda_scale=0.0,
+            temperature=3.0,
+            ensemble_size=4,
+            sensitivity=Sensitivity.MARGIN,
+            noise_mode=NoiseMode.KEYED,
+        ),
+    ],
+)
+def test_keyed_seeds_are_the_hmac_of_model_shape_and_row_under_the_parameter_key(
+    secret: bytes, params: DefenseParams
+) -> None:
     inputs = np.random.default_rng(5).normal(size=(4, 2, 3)).astype(np.float32)
-    seeds = keyed_seeds(secret, "digits@1", inputs)
-    seeder = KeyedSeeder(secret, "digits@1")
+    seeds = keyed_seeds(secret, "digits@1", inputs, params)
+    seeder = KeyedSeeder(secret, "digits@1", params)
     np.testing.assert_array_equal(seeder.seeds(inputs), seeds)
     np.testing.assert_array_equal(seeder.seeds(inputs), seeds)  # the cached prefix state
+    key = reference_parameter_key(secret, params)
+    assert noise.parameter_key(secret, params) == key
     for i in range(4):
         message = b"digits@1\x00(2, 3)\x00" + inputs[i].tobytes()
-        digest = hmac.digest(secret, message, hashlib.sha256)
+        digest = hmac.digest(key, message, hashlib.sha256)
         assert int(seeds[i]) == int.from_bytes(digest[:8], "little")
+    # Without parameters: the paper's setting in keyed mode.
+    np.testing.assert_array_equal(
+        keyed_seeds(secret, "digits@1", inputs),
+        keyed_seeds(secret, "digits@1", inputs, DefenseParams(noise_mode=NoiseMode.KEYED)),
+    )
 
 
 def test_keyed_seeds_read_negative_zero_as_zero_in_any_dtype_and_layout() -> None:
@@ -224,9 +261,10 @@ def test_keyed_seeds_read_negative_zero_as_zero_in_any_dtype_and_layout() -> Non
     strided = np.ascontiguousarray(signed.transpose(2, 1, 0)).transpose(2, 1, 0)
     np.testing.assert_array_equal(seeder.seeds(strided), expected)
     assert seeder.seeds(inputs[:0]).shape == (0,)
+    key = reference_parameter_key(b"s" * 32, DefenseParams(noise_mode=NoiseMode.KEYED))
     for i in range(5):  # the stdlib's HMAC of the +0.0 bytes
         message = b"m@1\x00(3, 4)\x00" + inputs[i].tobytes()
-        digest = hmac.digest(b"s" * 32, message, hashlib.sha256)
+        digest = hmac.digest(key, message, hashlib.sha256)
         assert int(expected[i]) == int.from_bytes(digest[:8], "little")
 
 
@@ -268,7 +306,7 @@ def test_keyed_mode_through_defend_matches_the_reference() -> None:
     logits = rng.normal(scale=3.0, size=(6, 10)).astype(np.float32)
     params = DefenseParams(noise_mode=NoiseMode.KEYED, ensemble_size=2)
     out = defend(logits, params, secret=b"k" * 32, model_id="m@1", inputs=inputs)
-    seeds = keyed_seeds(b"k" * 32, "m@1", inputs)
+    seeds = keyed_seeds(b"k" * 32, "m@1", inputs, params)
     draws = np.array([reference_normals(int(s), 20) for s in seeds]).reshape(6, 2, 10)
     np.testing.assert_allclose(
         out.probabilities, reference_defense(logits, params, draws), rtol=2e-5

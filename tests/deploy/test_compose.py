@@ -120,6 +120,25 @@ def test_service_runs_replicas_on_postgres(config: dict[str, Any]) -> None:
     assert any(env["PROMETHEUS_MULTIPROC_DIR"].startswith(t + "/") for t in tmpfs_targets)
 
 
+def test_the_metrics_port_is_for_prometheus_only(repo: Path, config: dict[str, Any]) -> None:
+    """Its own port, on the compose network only: not published to the host, not
+    proxied by nginx, and the one Prometheus scrapes."""
+    service = config["services"][SERVICE]
+    env = service["environment"]
+    metrics_port = env["DYNANOISE_METRICS_PORT"]
+    assert metrics_port != env["DYNANOISE_PORT"] and int(metrics_port) > 0
+    assert "DYNANOISE_METRICS_HOST" not in env  # the listener binds DYNANOISE_HOST, 0.0.0.0
+    assert metrics_port in [str(p) for p in service["expose"]]
+    assert "ports" not in service
+    published = {str(p["target"]) for s in config["services"].values() for p in s.get("ports", [])}
+    assert metrics_port not in published
+    nginx_text = (repo / "deploy/nginx/nginx.conf").read_text()
+    assert f":{metrics_port}" not in nginx_text
+    jobs = {job["job_name"]: job for job in _prometheus(repo)["scrape_configs"]}
+    (dns,) = jobs[SERVICE]["dns_sd_configs"]
+    assert str(dns["port"]) == metrics_port
+
+
 def test_service_environment_names_are_real_settings(config: dict[str, Any]) -> None:
     fields = set(Settings.model_fields)
     names = [n for n in config["services"][SERVICE]["environment"] if n.startswith("DYNANOISE_")]
@@ -230,7 +249,9 @@ def test_prometheus_scrapes_every_replica(repo: Path, config: dict[str, Any]) ->
     assert "static_configs" not in job, "a static target would hit one replica at a time"
     (dns,) = job["dns_sd_configs"]
     assert SERVICE in dns["names"] and dns["type"] == "A"
-    assert str(dns["port"]) == config["services"][SERVICE]["environment"]["DYNANOISE_PORT"]
+    # The metrics listener's port: the inference port answers /metrics with 404.
+    env = config["services"][SERVICE]["environment"]
+    assert str(dns["port"]) == env["DYNANOISE_METRICS_PORT"] != env["DYNANOISE_PORT"]
 
 
 # --- Grafana ----------------------------------------------------------------------

@@ -7,16 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ..live import free_port
+from bench.harness.launcher import free_port, running, start_process
+
 from ..onnx_factory import write_linear_model
 from .dockerfile import Stage, dockerignore_excludes, parse_dockerfile
 
@@ -89,7 +88,7 @@ def test_runtime_stage_is_slim_non_root_and_serves_on_8000(stages: list[Stage]) 
     assert base in ("python:3.11-slim", "${PYTHON_IMAGE}")
     user = runtime.all("USER")[-1].arguments.split(":")[0]
     assert user not in ("root", "0")
-    assert [i.arguments for i in runtime.all("EXPOSE")] == ["8000"]
+    assert [i.arguments for i in runtime.all("EXPOSE")] == ["8000 8002"]  # inference, metrics
     env = runtime.env()
     assert env["DYNANOISE_HOST"] == "0.0.0.0"
     assert env["DYNANOISE_PORT"] == "8000"
@@ -169,30 +168,30 @@ def test_start_command_serves_from_a_clean_venv_without_torch(
     else:
         write_linear_model(app / "models", name="toy", n_features=4, n_classes=3)
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DYNANOISE_", "PROMETHEUS_"))},
         **{k: _in_container_paths(v, tmp_path) for k, v in runtime.env().items()},
         "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         "DYNANOISE_HOST": "127.0.0.1",  # the image binds 0.0.0.0; tests stay on loopback
         "DYNANOISE_PORT": str(port),
+        "DYNANOISE_METRICS_PORT": str(metrics_port),
     }
     command = runtime.exec_form("CMD")
     healthcheck = runtime.exec_form("HEALTHCHECK")
     assert healthcheck[0] == "python"
     healthcheck[0] = str(python)
 
-    server = subprocess.Popen(
+    # Its own session: uvicorn's workers get the signals with it.
+    server = start_process(
         [str(venv / "bin" / command[0]), *command[1:]],
-        cwd=app,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # uvicorn's workers go with it on killpg
+        workdir=app,
+        port=port,
+        timeout=90,
+        new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, server, timeout=90)
+    with running(server, stop_timeout=20.0, strict=False):
         probe = subprocess.run(healthcheck, env=env, capture_output=True, timeout=30)
         assert probe.returncode == 0, probe.stderr
 
@@ -201,42 +200,17 @@ def test_start_command_serves_from_a_clean_venv_without_torch(
         model = json.loads(next((app / "models").glob("*/manifest.json")).read_text())
         row = [0.0] * int(model["input"]["shape"][-1])
         answer = httpx.post(
-            f"{url}/v1/models/{model['name']}/predict",
+            f"{server.url}/v1/models/{model['name']}/predict",
             json={"instances": [row]},
             headers={"Authorization": f"Bearer {key}"},
             timeout=10,
         )
         assert answer.status_code == 200, answer.text
-        # Two workers write to the multiprocess directory; /metrics aggregates them.
-        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        # Two workers write to the multiprocess directory; the metrics listener (its
+        # own port; none on the public one) aggregates them.
+        assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 404
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         assert f'model="{model["name"]}"' in metrics and "dynanoise_requests_total" in metrics
         assert any(Path(env["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"))
-    finally:
-        _stop(server)
     down = subprocess.run(healthcheck, env=env, capture_output=True, timeout=30)
     assert down.returncode != 0, "the healthcheck must fail when nothing answers"
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            pytest.fail(f"server exited with {process.returncode}:\n{output[-3000:]}")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"server at {url} not ready after {timeout} s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()

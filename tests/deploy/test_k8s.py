@@ -1,6 +1,7 @@
-"""deploy/k8s: every manifest parses, and the Deployment, Service, HPA, ConfigMap,
+"""deploy/k8s: every manifest parses, and the Deployment, Services, HPA, ConfigMap,
 Secret template, ServiceMonitor and kustomization agree with each other and with
-the image (port, probes, user, writable paths)."""
+the image (ports, probes, user, writable paths); the metrics port stays off the
+inference Service."""
 
 from __future__ import annotations
 
@@ -32,14 +33,32 @@ def manifests(repo: Path) -> dict[str, list[dict[str, Any]]]:
     return loaded
 
 
+METRICS_SERVICE = "dynanoise-metrics"  # the headless Service the ServiceMonitor selects
+
+
 @pytest.fixture(scope="module")
 def by_kind(manifests: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """One manifest per kind; for Service, the inference Service `dynanoise` (the
+    metrics Service is the fixture `metrics_service`)."""
     kinds: dict[str, dict[str, Any]] = {}
     for documents in manifests.values():
         for document in documents:
+            if document["kind"] == "Service" and document["metadata"]["name"] == METRICS_SERVICE:
+                continue
             assert document["kind"] not in kinds, f"two {document['kind']} manifests"
             kinds[document["kind"]] = document
     return kinds
+
+
+@pytest.fixture(scope="module")
+def metrics_service(manifests: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    (found,) = [
+        d
+        for documents in manifests.values()
+        for d in documents
+        if d["kind"] == "Service" and d["metadata"]["name"] == METRICS_SERVICE
+    ]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +100,27 @@ def test_deployment_runs_two_replicas_of_the_image_on_8000(
     assert deployment["spec"]["replicas"] == 2
     assert container["image"].split(":")[0].rsplit("/", 1)[-1] == "dynanoise"
     assert container["command"] == parse_dockerfile(repo / "Dockerfile")[-1].exec_form("CMD")
-    (port,) = container["ports"]
-    assert port["containerPort"] == 8000 and port["name"] == "http"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8000, "metrics": 8002}
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_metrics_are_scraped_from_the_metrics_port_only(
+    by_kind: dict[str, dict[str, Any]], container: dict[str, Any]
+) -> None:
+    config = by_kind["ConfigMap"]["data"]
+    metrics_port = int(config["DYNANOISE_METRICS_PORT"])
+    assert metrics_port != int(config["DYNANOISE_PORT"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["metrics"] == metrics_port
+    annotations = by_kind["Deployment"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == "8000"
+    assert annotations["prometheus.io/port"] == str(metrics_port)
     assert annotations["prometheus.io/path"] == "/metrics"
+    # Probes stay on the inference port; the metrics listener has no health routes.
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] in ("http", 8000)
 
 
 def test_probes_use_the_health_endpoints(container: dict[str, Any]) -> None:
@@ -111,7 +143,11 @@ def test_settings_come_from_the_configmap_and_the_secret(
     assert config["DYNANOISE_HOST"] == "0.0.0.0" and config["DYNANOISE_PORT"] == "8000"
     assert int(config["DYNANOISE_WORKERS"]) >= 2
     secret_keys = set(by_kind["Secret"]["stringData"])
-    assert secret_keys == {"DYNANOISE_ADMIN_TOKEN", "DYNANOISE_DATABASE_URL"}
+    assert secret_keys == {
+        "DYNANOISE_ADMIN_TOKEN",
+        "DYNANOISE_DATABASE_URL",
+        "DYNANOISE_METRICS_TOKEN",
+    }
     assert not secret_keys & set(config), "secrets do not belong in the ConfigMap"
     assert not any("PASSWORD" in key or "TOKEN" in key for key in config)
     fields = set(Settings.model_fields)
@@ -157,20 +193,37 @@ def test_resources_are_requested_and_limited(container: dict[str, Any]) -> None:
         assert {"cpu", "memory"} <= set(resources[kind])
 
 
-def test_service_and_service_monitor_select_the_pods(by_kind: dict[str, dict[str, Any]]) -> None:
+def test_service_and_service_monitor_select_the_pods(
+    by_kind: dict[str, dict[str, Any]], metrics_service: dict[str, Any]
+) -> None:
     pod_labels = by_kind["Deployment"]["spec"]["template"]["metadata"]["labels"]
     service = by_kind["Service"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
+    # The inference Service offers the inference port only, never the metrics port.
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] in ("http", 8000)
 
+    # The metrics Service is headless (discovery only) and offers the metrics port only.
+    assert metrics_service["metadata"]["namespace"] == "dynanoise"
+    assert metrics_service["spec"]["clusterIP"] == "None"
+    assert metrics_service["spec"]["selector"].items() <= pod_labels.items()
+    (metrics_port,) = metrics_service["spec"]["ports"]
+    assert metrics_port["targetPort"] == "metrics"
+
     monitor = by_kind["ServiceMonitor"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    )
+    selector = monitor["spec"]["selector"]["matchLabels"].items()
+    assert selector <= metrics_service["metadata"]["labels"].items()
+    assert not selector <= service["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    assert endpoint["port"] == metrics_port["name"] and endpoint["path"] == "/metrics"
+    # It sends the token the pods require (the same Secret key they read).
+    authorization = endpoint["authorization"]
+    assert authorization["type"] == "Bearer"
+    assert authorization["credentials"] == {
+        "name": by_kind["Secret"]["metadata"]["name"],
+        "key": "DYNANOISE_METRICS_TOKEN",
+    }
 
 
 def test_hpa_scales_the_deployment_on_cpu(by_kind: dict[str, dict[str, Any]]) -> None:
@@ -206,4 +259,6 @@ def test_kustomize_builds_the_manifests(repo: Path) -> None:
     assert result.returncode == 0, result.stderr
     built = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert {d["kind"] for d in built} >= {"Namespace", "Deployment", "Service"}
+    services = {d["metadata"]["name"] for d in built if d["kind"] == "Service"}
+    assert services == {"dynanoise", METRICS_SERVICE}
     assert not any(d["kind"] == "Secret" for d in built), "the placeholder Secret must not ship"

@@ -9,12 +9,15 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.harness.launcher import free_port
+
 from ..live import live_server
 from ..onnx_factory import write_linear_model
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
 ADMIN = "live-admin"
+METRICS_TOKEN = "interop-metrics"
 
 
 @pytest.fixture(scope="module")
@@ -88,12 +91,17 @@ def test_tritonclient_sees_auth_errors(server: tuple[str, str]) -> None:
 def test_metrics_count_requests_from_every_worker(tmp_path: Path) -> None:
     write_linear_model(tmp_path / "models", name="toy", n_features=4, n_classes=3)
     prom_dir = tmp_path / "prom"
+    metrics_port = free_port()
     with live_server(
         models_dir=tmp_path / "models",
         database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
         admin_token=ADMIN,
         workers=2,
-        extra_env={"PROMETHEUS_MULTIPROC_DIR": str(prom_dir)},
+        extra_env={
+            "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+            "DYNANOISE_METRICS_PORT": str(metrics_port),
+            "DYNANOISE_METRICS_TOKEN": METRICS_TOKEN,
+        },
     ) as url:
         key = httpx.post(
             f"{url}/admin/tenants",
@@ -112,7 +120,12 @@ def test_metrics_count_requests_from_every_worker(tmp_path: Path) -> None:
                 )
                 assert r.status_code == 200
             n += 1
-        text = httpx.get(f"{url}/metrics").text
+        # The metrics listener (its own port, the token required), not the public port.
+        assert httpx.get(f"{url}/metrics").status_code == 404
+        text = httpx.get(
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+        ).text
     assert len(_worker_pids(prom_dir)) == 2, "requests never reached the second worker"
     total = sum(
         float(line.rsplit(" ", 1)[1])

@@ -13,14 +13,9 @@ from fastapi import FastAPI
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from service.api.deps import Services
-from service.app import create_app
-from service.inference import Predictor
-from service.metrics import ServiceMetrics
+from service.app import build_services, create_app
 from service.ratelimit import RateLimiter
-from service.runtime import ModelRegistry
 from service.settings import Settings
-from service.tenants import TenantStore
 
 POSTGRES_URL_ENV = "DYNANOISE_TEST_POSTGRES_URL"
 
@@ -44,30 +39,17 @@ def build_app(
     clock: Callable[[], float] | None = None,
     limiter_clock: Callable[[], float] | None = None,
 ) -> FastAPI:
-    """create_app with services built here, so the store and the rate limiter can run
-    on clocks the test controls."""
-    store_options = {} if clock is None else {"clock": clock}
-    store = TenantStore(
-        settings.database_url,
-        cache_ttl_seconds=settings.tenant_cache_seconds,
-        stale_grace_seconds=settings.stale_tenant_grace_seconds,
-        **store_options,
-    )
-    store.migrate()
-    metrics = ServiceMetrics()
-    limiter = None
+    """create_app with the services `build_services` builds, the tenant store's cache
+    and the rate limiter on clocks the test controls when given."""
+    services = build_services(settings)
+    if clock is not None:
+        services.store._clock = clock  # read at each cache lookup; build_services takes none
     if limiter_clock is not None:
-        limiter = RateLimiter(
-            store.engine, burst_seconds=settings.rate_limit_burst_seconds, clock=limiter_clock
+        services.rate_limiter = RateLimiter(
+            services.store.engine,
+            burst_seconds=settings.rate_limit_burst_seconds,
+            clock=limiter_clock,
         )
-    services = Services(
-        settings,
-        ModelRegistry.load(settings.models_dir),
-        store,
-        metrics,
-        Predictor(metrics),
-        limiter=limiter,
-    )
     return create_app(settings, services)
 
 

@@ -1,79 +1,43 @@
-"""A real `dynanoise serve` process for fault tests: its handle, exit status and output
-(written to a file, so a chatty server can never block on a full pipe)."""
+"""A real `dynanoise serve` process for fault tests (the shared launcher,
+bench/harness/launcher.py, with this suite's defaults: its admin token, no tenant
+cache, ready once /v2/health/live answers), and raw-socket helpers that hold a
+request in flight."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from bench.harness.launcher import LIVE, ServerProcess, free_port, running, service_env
+from bench.harness.launcher import start_service as _start_service
 
-from ..live import free_port
+__all__ = [
+    "ServerProcess",
+    "finish_request",
+    "running_server",
+    "send_request_head",
+    "server_env",
+    "start_server",
+]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, signum: int = signal.SIGTERM) -> None:
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        return self.process.wait(timeout=timeout)
-
-    def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, wait for the exit; kill only if it hangs past ``timeout``."""
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+ADMIN_TOKEN = "reliability-admin"
+TEST_SETTINGS = {"DYNANOISE_TENANT_CACHE_SECONDS": "0"}
 
 
 def server_env(
     models_dir: Path, database_url: str, port: int, admin_token: str, workers: int
 ) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith("DYNANOISE_") and key != "PROMETHEUS_MULTIPROC_DIR"
-    }
-    env.update(
-        {
-            "PYTHONPATH": str(REPO_ROOT),
-            "DYNANOISE_MODELS_DIR": str(models_dir),
-            "DYNANOISE_DATABASE_URL": database_url,
-            "DYNANOISE_ADMIN_TOKEN": admin_token,
-            "DYNANOISE_HOST": "127.0.0.1",
-            "DYNANOISE_PORT": str(port),
-            "DYNANOISE_WORKERS": str(workers),
-            "DYNANOISE_CREATE_DEMO_TENANT": "false",
-            "DYNANOISE_TENANT_CACHE_SECONDS": "0",
-        }
+    """The environment `start_server` gives `dynanoise serve`."""
+    return service_env(
+        models_dir=models_dir,
+        database_url=database_url,
+        port=port,
+        workers=workers,
+        admin_token=admin_token,
+        extra=TEST_SETTINGS,
     )
-    return env
 
 
 def start_server(
@@ -81,57 +45,34 @@ def start_server(
     *,
     models_dir: Path,
     database_url: str,
-    admin_token: str = "reliability-admin",
+    admin_token: str = ADMIN_TOKEN,
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
     wait_ready: bool = True,
     timeout: float = 60.0,
 ) -> ServerProcess:
     """Start `python -m service.cli serve` on a free loopback port (cwd ``workdir``)."""
-    port = free_port()
-    env = server_env(models_dir, database_url, port, admin_token, workers)
-    env.update(extra_env or {})
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_path = workdir / f"server-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = ServerProcess(process, port, log_path)
-    if wait_ready:
-        _wait_until_serving(server, timeout)
-    return server
+    return _start_service(
+        workdir,
+        models_dir=models_dir,
+        database_url=database_url,
+        admin_token=admin_token,
+        workers=workers,
+        # Its own metrics port (not 8002): servers run side by side.
+        extra_env={
+            **TEST_SETTINGS,
+            "DYNANOISE_METRICS_PORT": str(free_port()),
+            **(extra_env or {}),
+        },
+        ready_path=LIVE if wait_ready else None,
+        timeout=timeout,
+    )
 
 
 @contextmanager
 def running_server(workdir: Path, **options: object) -> Iterator[ServerProcess]:
-    server = start_server(workdir, **options)  # type: ignore[arg-type]
-    try:
+    with running(start_server(workdir, **options)) as server:  # type: ignore[arg-type]
         yield server
-    finally:
-        if server.process.poll() is None:
-            server.stop()
-
-
-def _wait_until_serving(server: ServerProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {server.process.returncode}:\n{server.output()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"{server.url}/v2/health/live", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.process.kill()
-    raise TimeoutError(f"server on port {server.port} not serving after {timeout} s")
 
 
 def send_request_head(

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from service.api.middleware import SECURITY_HEADERS
-from service.ratelimit import RateLimiter
+from service.ratelimit import ROWS, RateLimiter
 from service.settings import Settings
 from service.tenants import Tenant, TenantStore
 
@@ -118,6 +118,75 @@ def test_a_tiny_rate_still_admits_one_and_says_when_the_next_comes(backend: Back
     assert limiter.check("acme", 0.001).allowed
     refused = limiter.check("acme", 0.001)
     assert not refused.allowed and refused.retry_after_seconds == pytest.approx(1000.0)
+
+
+# --- rows per second ---------------------------------------------------------------
+
+
+def test_a_request_of_n_rows_costs_n_units_of_the_rows_bucket(backend: Backend) -> None:
+    limiter = backend.make(burst_seconds=1.0)
+    # 10 rows/s, a bucket of 10 rows: 8 rows pass, 8 more do not, 2 more do.
+    assert limiter.check("acme", 10.0, 8, bucket=ROWS).allowed
+    refused = limiter.check("acme", 10.0, 8, bucket=ROWS)
+    assert not refused.allowed and not refused.over_burst
+    assert refused.retry_after_seconds == pytest.approx(0.6, abs=1e-6)
+    assert limiter.check("acme", 10.0, 2, bucket=ROWS).allowed
+    assert not limiter.check("acme", 10.0, 1, bucket=ROWS).allowed
+    backend.clock.advance(0.8)
+    assert limiter.check("acme", 10.0, 8, bucket=ROWS).allowed
+    # The requests bucket of the same tenant is another one.
+    assert limiter.check("acme", 10.0).allowed
+
+
+def test_a_request_of_more_rows_than_the_bucket_holds_is_never_admitted(
+    backend: Backend,
+) -> None:
+    limiter = backend.make(burst_seconds=1.0)
+    decision = limiter.check("acme", 10.0, 11, bucket=ROWS)
+    assert not decision.allowed and decision.over_burst
+    assert decision.retry_after_seconds == pytest.approx(1.0)
+    assert limiter.check("acme", 10.0, 10, bucket=ROWS).allowed  # and it cost nothing
+
+
+def test_a_small_request_is_not_held_back_by_a_large_ones_refusal(backend: Backend) -> None:
+    limiter = backend.make(burst_seconds=1.0)
+    assert limiter.check("acme", 10.0, 6, bucket=ROWS).allowed
+    assert not limiter.check("acme", 10.0, 6, bucket=ROWS).allowed  # remembered
+    assert limiter.check("acme", 10.0, 4, bucket=ROWS).allowed  # 4 rows still fit
+    assert not limiter.check("acme", 10.0, 1, bucket=ROWS).allowed
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_processes_on_one_database_share_one_rows_bucket(backend: Backend) -> None:
+    first, second = backend.make(), backend.make()
+    assert first.check("acme", 10.0, 8, bucket=ROWS).allowed
+    assert not second.check("acme", 10.0, 8, bucket=ROWS).allowed
+    assert second.check("acme", 10.0, 2, bucket=ROWS).allowed
+
+
+def test_enforce_rows_raises_rate_limited_and_ignores_tenants_without_a_rows_limit(
+    tmp_path: Path,
+) -> None:
+    from service.errors import RateLimited
+
+    store = TenantStore(f"sqlite:///{tmp_path / 't.db'}")
+    store.migrate()
+    rows, _ = store.create("rows", rows_per_second=10.0)
+    requests, _ = store.create("requests", rate_limit_per_second=1000.0)
+    limiter = RateLimiter(store.engine, clock=FakeClock())
+    limiter.enforce_rows(rows, 8)
+    with pytest.raises(RateLimited) as refused:
+        limiter.enforce_rows(rows, 8)
+    assert refused.value.retry_after_seconds == pytest.approx(0.6)
+    assert "10 input rows per second" in refused.value.message
+    with pytest.raises(RateLimited) as too_large:
+        limiter.enforce_rows(rows, 11)
+    assert "at most 10 rows per request" in too_large.value.message
+    for _ in range(20):
+        limiter.enforce_rows(requests, 1024)  # no rows limit: no-op
+    store.close()
 
 
 # --- shared between processes -------------------------------------------------------
@@ -242,6 +311,53 @@ def test_over_the_limit_is_429_with_retry_after_and_others_are_unaffected(
         )
         clock.advance(4.0)
         assert client.post(PREDICT, json=BODY, headers=bearer(slow)).status_code == 200
+
+
+def test_rows_per_second_limits_the_rows_a_tenant_sends_through_the_api(
+    settings: Settings,
+) -> None:
+    """Issue 13: the request limit let one request buy a whole batch of rows. A tenant
+    with rows_per_second 10 may send one 8-row request, and is refused a second at once."""
+    clock = FakeClock()
+    eight = {"instances": [ROW_TOY] * 8}
+    with TestClient(build_app(settings, limiter_clock=clock)) as client:
+        rows = client.post(
+            "/admin/tenants", json={"name": "rows", "rows_per_second": 10}, headers=ADMIN
+        ).json()["api_key"]
+        requests = client.post(
+            "/admin/tenants", json={"name": "requests", "rate_limit_per_second": 3}, headers=ADMIN
+        ).json()["api_key"]
+        assert client.post(PREDICT, json=eight, headers=bearer(rows)).status_code == 200
+        v2 = {
+            "inputs": [{"name": "input", "shape": [8, 4], "datatype": "FP32", "data": ROW_TOY * 8}]
+        }
+        for response in (
+            client.post(PREDICT, json=eight, headers=bearer(rows)),
+            client.post("/v2/models/toy/infer", json=v2, headers=bearer(rows)),
+        ):
+            assert response.status_code == 429, response.text
+            assert response.headers["retry-after"] == "1"  # 0.6 s, rounded up
+            assert response.json()["error"]["code"] == "rate_limited"
+            assert "rows per second" in response.json()["error"]["message"]
+        # Fewer rows still fit the bucket's remaining 2.
+        assert (
+            client.post(
+                PREDICT, json={"instances": [ROW_TOY] * 2}, headers=bearer(rows)
+            ).status_code
+            == 200
+        )
+        # More rows than a full bucket: refused, saying so.
+        clock.advance(10.0)
+        too_many = client.post(PREDICT, json={"instances": [ROW_TOY] * 11}, headers=bearer(rows))
+        assert too_many.status_code == 429
+        assert "at most 10 rows per request" in too_many.json()["error"]["message"]
+        assert client.post(PREDICT, json=eight, headers=bearer(rows)).status_code == 200
+        # A requests-per-second tenant counts requests, not rows: three 8-row requests.
+        assert all(
+            client.post(PREDICT, json=eight, headers=bearer(requests)).status_code == 200
+            for _ in range(3)
+        )
+        assert client.post(PREDICT, json=BODY, headers=bearer(requests)).status_code == 429
 
 
 def test_bad_requests_of_a_limited_tenant_count_too(settings: Settings) -> None:

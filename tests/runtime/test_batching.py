@@ -182,7 +182,7 @@ def test_the_served_app_batches_when_the_setting_is_on(tmp_path: Path) -> None:
     with live_server(
         models_dir=tmp_path / "models",
         database_url=f"sqlite:///{tmp_path / 't.db'}",
-        extra_env={"DYNANOISE_BATCHING_MAX_DELAY_MS": "5"},
+        extra_env={"DYNANOISE_BATCHING_MAX_DELAY_MS": "5", "DYNANOISE_ALLOW_CLEAN_OUTPUTS": "true"},
     ) as url:
         keys = {}
         for name, params in (

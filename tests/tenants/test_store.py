@@ -62,7 +62,7 @@ def test_migrate_twice_is_a_no_op_that_keeps_data(store: TenantStore) -> None:
     revision = _revision(store)
     created, key = store.create("acme")
     store.migrate()
-    assert revision == "0002"
+    assert revision == "0003"
     assert _revision(store) == revision
     assert store.get("acme") == created
     assert store.authenticate(key) == created
@@ -88,13 +88,19 @@ def test_migration_downgrades_to_nothing_and_upgrades_again(store: TenantStore) 
 
 def test_created_tenant_round_trips_every_field(store: TenantStore) -> None:
     created, _ = store.create(
-        "clinic", CUSTOM, allowed_models=["toy", "wide"], rate_limit_per_second=2.5
+        "clinic",
+        CUSTOM,
+        allowed_models=["toy", "wide"],
+        rate_limit_per_second=2.5,
+        rows_per_second=40,
     )
     loaded = store.get("clinic")
     assert loaded == created
     assert loaded.params == CUSTOM
     assert loaded.allowed_models == frozenset({"toy", "wide"})
     assert loaded.rate_limit_per_second == 2.5
+    assert loaded.rows_per_second == 40.0
+    assert loaded.to_public().as_dict()["rows_per_second"] == 40.0
     assert loaded.version == 1
     assert loaded.created_at.tzinfo is not None
     assert loaded.created_at == loaded.updated_at
@@ -106,6 +112,7 @@ def test_create_defaults_to_paper_params_all_models_and_no_rate_limit(store: Ten
     assert created.allowed_models is None
     assert created.allows("anything")
     assert created.rate_limit_per_second is None
+    assert created.rows_per_second is None
 
 
 def test_allowed_models_restricts_models(store: TenantStore) -> None:
@@ -221,6 +228,10 @@ def test_update_allowed_models_both_ways(store: TenantStore) -> None:
         {"sensitivity": "bogus"},
         {"noise_mode": "sometimes"},
         {"rate_limit_per_second": 0},
+        {"rows_per_second": 0},
+        {"rows_per_second": -1.0},
+        {"rows_per_second": math.inf},
+        {"rows_per_second": "10"},
         {"allowed_models": "toy"},
     ],
 )
@@ -239,6 +250,38 @@ def test_update_rejects_fields_that_are_not_settings(store: TenantStore, field: 
     with pytest.raises(TypeError):
         store.update("acme", **{field: "x"})
     assert store.get("acme") == created
+
+
+def test_update_sets_and_clears_rows_per_second(store: TenantStore) -> None:
+    created, key = store.create("acme")
+    limited = store.update("acme", rows_per_second=10)
+    assert limited.rows_per_second == 10.0 and limited.version == created.version + 1
+    assert store.authenticate(key) == limited
+    assert store.update("acme", rows_per_second=10.0) == limited  # no change, no new version
+    assert store.update("acme", rows_per_second=None).rows_per_second is None
+
+
+def test_clean_outputs_are_refused_when_the_caller_does_not_allow_them(
+    store: TenantStore,
+) -> None:
+    """The admin API and CLI pass allow_clean_outputs=False unless
+    DYNANOISE_ALLOW_CLEAN_OUTPUTS is set; the store itself keeps any valid parameters."""
+    clean = DefenseParams(base_variance=0.0, temperature=5.0)
+    with pytest.raises(InvalidParameters, match="DYNANOISE_ALLOW_CLEAN_OUTPUTS"):
+        store.create("refused", clean, allow_clean_outputs=False)
+    with pytest.raises(TenantNotFound):
+        store.get("refused")
+    store.create("noisy", allow_clean_outputs=False)
+    with pytest.raises(InvalidParameters):
+        store.update("noisy", allow_clean_outputs=False, base_variance=0.0)
+    assert store.get("noisy").params == DefenseParams()
+    store.create("stored", clean)  # allowed by default (benchmarks, tests)
+    with pytest.raises(InvalidParameters):  # still clean after the change
+        store.update("stored", allow_clean_outputs=False, temperature=1.0)
+    # Limits and models may change; parameters that add noise fix it.
+    assert store.update("stored", allow_clean_outputs=False, rows_per_second=5).version == 2
+    fixed = store.update("stored", allow_clean_outputs=False, base_variance=0.2)
+    assert fixed.params.adds_noise
 
 
 def test_update_without_effective_change_keeps_version(store: TenantStore) -> None:

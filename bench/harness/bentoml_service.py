@@ -2,7 +2,7 @@
 
 Runs only in the benchmark's own virtual environment (BentoML is never installed
 next to the service): ``bentoml serve bentoml_service:Classifier --working-dir
-service/bench`` with BENCH_MODEL_DIR=<model dir>. The body is the v1 one,
+bench/harness`` with BENCH_MODEL_DIR=<model dir>. The body is the v1 one,
 ``{"instances": [[...], ...]}``; the answer holds each row's label and softmax.
 No defense: like the naive app, it is the framework's cost we compare.
 """

@@ -6,13 +6,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 SECTIONS = ("defense", "service", "binary", "batching", "baselines", "memory")
+RESULTS_DIR = Path("bench")  # the committed results: only a full run writes them by default
+QUICK_DIR = Path("reports/bench-quick")  # --quick's default: never over the committed results
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     """Every knob of a run. ``full()`` and ``quick()`` are the two presets."""
 
-    out_dir: Path = Path("bench")
+    out_dir: Path = RESULTS_DIR
     models_dir: Path = Path("models")
     model: str | None = None  # a directory under models_dir; default: models/DEFAULT
     sections: tuple[str, ...] = SECTIONS
@@ -44,7 +46,8 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, **changes: object) -> BenchConfig:
-        """Under three minutes: fewer sizes, one-second loads, two or three repeats."""
+        """Under three minutes: fewer sizes, one-second loads, two or three repeats;
+        written under reports/, not over the committed results."""
         preset = replace(
             cls(),
             batch_sizes=(1, 16, 256, 1024, 4096),
@@ -59,5 +62,6 @@ class BenchConfig:
             binary_rows=(16,),
             batching_concurrencies=(32,),
             baseline_rows=(1,),
+            out_dir=QUICK_DIR,
         )
         return replace(preset, **changes)  # type: ignore[arg-type]

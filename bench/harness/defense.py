@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..defense import DefenseParams, NoiseMode, apply_dynanoise
-from ..defense.noise import (
+from service.defense import DefenseParams, NoiseMode, apply_dynanoise
+from service.defense.noise import (
     KeyedSeeder,
     StandardNormalPool,
     canonical_rows,
     keyed_standard_normal,
 )
-from ..runtime import OnnxClassifier
+from service.runtime import OnnxClassifier
+
 from .stats import spread
 
 PAPER_MS_PER_SAMPLE = 0.1432  # Forough & Haddadi, SST-2 latency (hardware not stated)

@@ -3,7 +3,8 @@
 The body is parsed into a pydantic model, the rows go through numpy into the ONNX
 session, the softmax of the logits comes back through a pydantic response model.
 No defense, no auth, no metrics: the bench compares the service against it.
-Run with ``uvicorn service.bench.naive_app:app`` and NAIVE_MODEL_DIR=<model dir>.
+Run with ``uvicorn --factory bench.harness.naive_app:app_from_env`` and
+NAIVE_MODEL_DIR=<model dir>.
 """
 
 from __future__ import annotations

@@ -146,10 +146,10 @@ def _notes(meta: dict[str, Any]) -> list[str]:
         "tenant with base_variance 0 and temperature 1 on the same server: the service never "
         "returns clean probabilities, so the defense code path cannot be skipped. Variants "
         "compared in a table run in interleaved rounds, odd rounds in reverse order.",
-        "- Naive baseline: `service/bench/naive_app.py`, FastAPI + a pydantic request model "
+        "- Naive baseline: `bench/harness/naive_app.py`, FastAPI + a pydantic request model "
         "(`list[list[float]]`), a sync endpoint, numpy softmax, a pydantic response model; "
         "no defense, no auth, no metrics.",
-        f"- BentoML {bentoml}: `service/bench/bentoml_service.py` (`@bentoml.service(workers=1)`, "
+        f"- BentoML {bentoml}: `bench/harness/bentoml_service.py` (`@bentoml.service(workers=1)`, "
         "an `np.ndarray` float32 input), run from the benchmark's own virtual environment; "
         "no defense.",
         '- The same model file and the same v1 body (`{"instances": [[...]]}`) for all three.',

@@ -20,17 +20,20 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..defense import _compiled
+from service.defense import _compiled
+
 from .config import BenchConfig
 from .defense import PAPER_MS_PER_SAMPLE, bench_defense
+from .launcher import ServerProcess
 from .load import LoadResult, run_wrk
 from .memory import serving_install_size
 from .models import prepare_models
 from .payloads import Payload, sample_rows, v1_json, v2_binary, v2_json
 from .report import summarize, write_report
-from .servers import RunningServer, bentoml_server, naive_server, service_server
+from .servers import bentoml_server, naive_server, service_server
 from .stats import ratios, spread
 
+BENCH_DIR = Path(__file__).resolve().parents[1]  # bench/: results, and `make bench-venv`'s .venv
 Log = Callable[[str], None]
 Measure = Callable[[], LoadResult]
 
@@ -189,7 +192,7 @@ def _wrk(
 
 
 def _service(
-    config: BenchConfig, server: RunningServer, model: str, features: int, log: Log
+    config: BenchConfig, server: ServerProcess, model: str, features: int, log: Log
 ) -> list[dict[str, Any]]:
     rows = sample_rows(1, features)
     endpoints = {
@@ -220,7 +223,7 @@ def _service(
     return out
 
 
-def _binary(config: BenchConfig, server: RunningServer, log: Log) -> list[dict[str, Any]]:
+def _binary(config: BenchConfig, server: ServerProcess, log: Log) -> list[dict[str, Any]]:
     out = []
     key = server.keys["on"]
     for features in config.binary_features:
@@ -247,8 +250,8 @@ def _binary(config: BenchConfig, server: RunningServer, log: Log) -> list[dict[s
 
 def _batching(
     config: BenchConfig,
-    plain: RunningServer,
-    batching: RunningServer,
+    plain: ServerProcess,
+    batching: ServerProcess,
     model: str,
     features: int,
     log: Log,
@@ -276,7 +279,7 @@ def _batching(
 
 def _bentoml_python(config: BenchConfig) -> Path | None:
     candidates = [config.bentoml_python] if config.bentoml_python else []
-    candidates += [Path("bench/.venv/bin/python"), Path("/tmp/bench-venv/bin/python")]
+    candidates += [BENCH_DIR / ".venv/bin/python", Path("/tmp/bench-venv/bin/python")]
     for candidate in candidates:
         if candidate is not None and candidate.is_file():
             return candidate.absolute()
@@ -286,7 +289,7 @@ def _bentoml_python(config: BenchConfig) -> Path | None:
 def _baselines(
     config: BenchConfig,
     stack: ExitStack,
-    server: RunningServer,
+    server: ServerProcess,
     model_dir: Path,
     work: Path,
     model: str,
@@ -294,7 +297,7 @@ def _baselines(
     results: dict[str, Any],
     log: Log,
 ) -> dict[str, Any]:
-    targets: dict[str, RunningServer] = {
+    targets: dict[str, ServerProcess] = {
         "naive": stack.enter_context(naive_server(model_dir, work))
     }
     python = _bentoml_python(config)
@@ -341,7 +344,7 @@ def _bentoml_version(python: Path) -> str | None:
     return completed.stdout.strip() or None
 
 
-def _warm_up(server: RunningServer, model: str, features: int) -> None:
+def _warm_up(server: ServerProcess, model: str, features: int) -> None:
     run_wrk(
         f"{server.url}/v1/models/{model}/predict",
         v1_json(sample_rows(1, features)),
