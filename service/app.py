@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.dataplane = DataPlane(services, status_of=status_code_of)
     install_error_handlers(app)
     # No /metrics here: the metrics reveal per-query detail, so they are served on a
-    # listener of their own (service.metrics_server), never on the public port.
+    # listener of their own (service.api.metrics_listener), never on the public port.
     for router in (inference_router(), v1.router, v2.router, admin.router):
         app.include_router(router)
     return app

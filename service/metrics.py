@@ -2,7 +2,7 @@
 
 With several uvicorn workers, set PROMETHEUS_MULTIPROC_DIR before the workers
 start (`dynanoise serve` does): each worker writes its samples to files there
-and the metrics listener (`service.metrics_server`, its own port) aggregates them. Label values come from known tenants and models
+and the metrics listener (`service.api.metrics_listener`, its own port) aggregates them. Label values come from known tenants and models
 only, never from raw request strings.
 """
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 from fastapi.testclient import TestClient
 
-from service.metrics_server import metrics_app
+from service.api.metrics_listener import metrics_app
 
 
 def scrape_response(client: TestClient) -> httpx.Response:

@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry, Histogram
 from pydantic import ValidationError
 
 from bench.harness.launcher import free_port, running, start_service
-from service import metrics_server
+from service.api import metrics_listener as metrics_server
+from service.api.metrics_listener import MetricsListenerError, MetricsServer, metrics_app
 from service.app import create_app
 from service.defense.sensitivity import sensitivity
 from service.metrics import SENSITIVITY_BUCKETS, ServiceMetrics, observe_many
-from service.metrics_server import MetricsListenerError, MetricsServer, metrics_app
 from service.settings import Settings
 
 from .conftest import ADMIN_TOKEN, ROW_TOY, Harness, bearer

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    from ..metrics_server import MetricsListenerError
+    from ..api.metrics_listener import MetricsListenerError
 
     try:
         return serve(settings)
@@ -107,7 +107,7 @@ def metrics_listener(
     started on entering the context and stopped on leaving it: after uvicorn's drain
     on SIGTERM, so scrapes keep answering while requests finish. Nothing when
     DYNANOISE_METRICS_PORT is 0."""
-    from ..metrics_server import MetricsServer, metrics_app
+    from ..api.metrics_listener import MetricsServer, metrics_app
 
     if settings.metrics_port == 0:
         return nullcontext()

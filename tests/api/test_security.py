@@ -17,9 +17,9 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.metrics_listener import metrics_app
 from service.api.middleware import SECURITY_HEADERS
 from service.app import create_app
-from service.metrics_server import metrics_app
 from service.settings import Settings
 from service.tenants import StoreUnavailable
 

@@ -24,9 +24,9 @@ from types import TracebackType
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from .api.middleware import SECURITY_HEADERS
-from .api.status import ErrorStatus, error_body
-from .metrics import ServiceMetrics, render_latest
+from ..metrics import ServiceMetrics, render_latest
+from .middleware import SECURITY_HEADERS
+from .status import ErrorStatus, error_body
 
 logger = logging.getLogger("dynanoise.metrics")
 
