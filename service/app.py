@@ -35,7 +35,7 @@ parameters are managed under `/admin/tenants` with the admin token.
 class _ServiceApp(FastAPI):
     """FastAPI with the guard (body limit, security headers) and the lean inference
     routes outermost, in front of Starlette's middleware stack: the hot endpoints do
-    not pay for its layers (~40 us a request here), everything else passes through."""
+    not pay for its layers (bench/README.md), everything else passes through."""
 
     max_body_bytes = Settings.model_fields["max_body_bytes"].default
     fast_inference_routes = True  # False: FastAPI's own routes only (the tests compare)
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         docs_url="/docs",
         redoc_url=None,
         # FastAPI's own OpenTelemetry hooks look for providers on every request
-        # (~20 us here); the service exports Prometheus metrics instead.
+        # on every request; the service exports Prometheus metrics instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.max_body_bytes = settings.max_body_bytes

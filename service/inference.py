@@ -58,7 +58,7 @@ class Predictor:
         batching_max_batch: int = 256,
     ) -> None:
         self._metrics = metrics
-        # One generator per process: reseeding per call costs ~25 us. Its draws are
+        # One generator per process: reseeding per call costs more than the defense. Its draws are
         # thread-safe (each value is served once) and never leave unmixed with logits.
         self._noise = NoiseSource(
             StandardNormalPool(rng if rng is not None else fresh_generator()),

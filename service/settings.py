@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     )
     metrics_token: SecretStr | None = Field(
         default=None,
-        description="When set, a scrape needs `Authorization: Bearer <token>` (401 otherwise).",
+        description="When set, a scrape needs `Authorization: Bearer <token>` (refused otherwise).",
     )
     max_batch: int = Field(default=1024, ge=1, description="Most rows in one request.")
     max_body_bytes: int = Field(
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
         default=False,
         description="Allow tenants with base_variance 0, whose answers are a bijection of the "
         "model's clean probabilities (at any temperature). Off: the admin API and CLI refuse "
-        "such a tenant (422) and a stored one is refused at serve time (403). For benchmarks "
+        "such a tenant and a stored one is refused at serve time. For benchmarks "
         "and tests only.",
     )
     onnx_threads: int = Field(

@@ -20,7 +20,8 @@ from .sensitivity import class_axis_sensitivity
 class DefenseOutput(NamedTuple):
     """What the defense returns: the only probabilities that may leave the service,
     and per-row diagnostics for metrics (never the clean logits). A NamedTuple, not
-    a frozen dataclass: building one costs 0.2 us instead of 0.7, on every request."""
+    a frozen dataclass: it is built on every request and costs a third as much
+    (bench/README.md, "Micro-timings behind the code")."""
 
     probabilities: NDArray[np.float32]  # (n, k), rows sum to 1
     sensitivity: NDArray[np.float64]  # R per row, in [0, 1]
@@ -34,9 +35,9 @@ def noise_variance(sensitivity_score: FloatArray, params: DefenseParams) -> NDAr
 
 
 # Batches with at most this many logits (and one ensemble member) are defended in
-# plain Python floats: a numpy call costs ~0.5-1 us whatever its size and the
-# vectorised path makes ~20 of them, about three times what a 10-class row costs
-# in Python.
+# plain Python floats: a numpy call has a fixed cost whatever its size and the
+# vectorised path makes ~20 of them, several times what a 10-class row costs in
+# Python (bench/README.md, "Micro-timings behind the code").
 _PYTHON_MAX_VALUES = 40
 
 

@@ -9,7 +9,8 @@ row. Were the draws kept, one answer before and one after a base_variance change
 would solve for the clean logits (c = (rho c1 - c2) / (rho - 1)).
 The per-row seed expands into normals with a counter-based generator
 (SplitMix64 + Box-Muller) vectorised over the whole batch, because creating
-one numpy Generator per row costs ~40 us. Where the C extensions are built, the
+one numpy Generator per row costs more than the whole request
+(bench/README.md, "Micro-timings behind the code"). Where the C extensions are built, the
 HMAC loop runs in ``_keyed.c`` (OpenSSL) and the fresh-noise pool in ``_kernel.c``;
 the Python code below gives the same values.
 """
@@ -68,13 +69,13 @@ def fresh_standard_normal(
 class StandardNormalPool:
     """Fresh N(0, 1) draws from ``rng``, generated in blocks and handed out once each.
 
-    One ``rng.standard_normal`` call costs ~2 us however few values it returns, more
-    than the whole one-row defense; drawing a block ahead and slicing it makes the
+    One ``rng.standard_normal`` call has a fixed cost however few values it returns,
+    more than the whole one-row defense; drawing a block ahead and slicing it makes the
     per-request cost a lock and a slice. Every value is served to exactly one
     caller (thread-safe); a block is drawn on first use, never at construction, so
     a pool built before a fork is not shared by the children. With the C kernel the
-    blocks are served by ``_kernel.NormalBlocks`` (the GIL is its lock; ~0.2 us a
-    call instead of ~2), in the same order.
+    blocks are served by ``_kernel.NormalBlocks`` (the GIL is its lock; a tenth of
+    the cost), in the same order (bench/README.md, "Micro-timings behind the code").
     """
 
     def __init__(self, rng: np.random.Generator, block_size: int = 16_384) -> None:
@@ -187,7 +188,7 @@ class KeyedSeeder:
     def seeds(self, inputs: NDArray[np.generic]) -> NDArray[np.uint64]:
         """One 64-bit seed per row, equal to ``keyed_seeds(secret, model_id, inputs, params)``."""
         if _keyed is not None:  # the same HMAC in C, the whole batch in one call
-            # (which reads -0.0 as +0.0 itself: canonical_rows costs ~3 us a call)
+            # (which reads -0.0 as +0.0 itself, so canonical_rows is not called here)
             rows = np.ascontiguousarray(inputs, dtype=np.float32)
             return _keyed.hmac_seeds(self._key, self._prefix_for(rows.shape[1:]), rows)
         rows = canonical_rows(inputs)

@@ -68,7 +68,7 @@ def for_writes(engine: Engine) -> Engine:
 
 def _use_write_ahead_log(engine: Engine) -> None:
     # WAL lets readers run beside a writer and, with synchronous=NORMAL, a commit
-    # costs no fsync (4-22 ms per rate-limit check on this disk, 0.05 ms in WAL).
+    # costs no fsync (bench/README.md, "Micro-timings behind the code").
     # A crash can lose the last commits but never corrupts the file.
     @event.listens_for(engine, "connect")
     def _wal(dbapi_connection: Any, _record: Any) -> None:
