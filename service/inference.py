@@ -87,7 +87,7 @@ class Predictor:
             # A model can overflow on extreme (finite) inputs; never pass Inf/NaN on.
             raise BadInput("the model produced non-finite values for this input")
         params = context.params
-        draws = self._draws(model, context, batch, logits.shape)
+        draws = self._draws(model, context, batch, logits)
         out = apply_dynanoise(logits, params, draws)
         defended = time.perf_counter()
         if not math.isfinite(out.probabilities.sum(dtype=np.float64)):
@@ -127,10 +127,10 @@ class Predictor:
         model: OnnxClassifier,
         context: DefenseContext,
         batch: NDArray[np.generic],
-        shape: tuple[int, ...],
+        logits: NDArray[Any],
     ) -> NDArray[np.float64] | None:
         """The N(0, 1) draws the tenant's noise mode asks for, shape (n, M, k)."""
-        n, k = shape
+        n, k = logits.shape
         return self._noise.draws(
             context.params,
             n,
@@ -138,4 +138,5 @@ class Predictor:
             inputs=batch,
             secret=context.noise_secret,
             model_id=model.model_id,
+            logits=logits,
         )

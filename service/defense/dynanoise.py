@@ -270,9 +270,9 @@ def defend(
 ) -> DefenseOutput:
     """Draw the noise the mode asks for (a `NoiseSource` over ``rng``), then apply
     DynaNoise. Keyed mode needs ``secret``, ``model_id`` and the raw ``inputs`` that
-    produced the logits; fresh mode needs ``rng``."""
+    produced the logits, keyed_logits the ``secret``; fresh mode needs ``rng``."""
     z = np.asarray(logits)
     draws = NoiseSource(DirectNormals(rng)).draws(
-        params, z.shape[0], z.shape[1], inputs=inputs, secret=secret, model_id=model_id
+        params, z.shape[0], z.shape[1], inputs=inputs, secret=secret, model_id=model_id, logits=z
     )
     return apply_dynanoise(z, params, draws)

@@ -126,6 +126,23 @@ def canonical_rows(inputs: NDArray[np.generic]) -> NDArray[np.float32]:
     return rows + np.float32(0.0)  # -0.0 + 0.0 == +0.0, so both spell the same query
 
 
+LOGIT_KEY_STEP = 1.0
+"""keyed_logits quantizes the clean logits to this many sigma0 (sqrt(base_variance))."""
+_MAX_LOGIT_CELL = float(2**24)  # float32 holds every integer up to here exactly
+
+
+def quantized_logits(logits: NDArray[np.generic], params: DefenseParams) -> NDArray[np.float32]:
+    """floor(z / (LOGIT_KEY_STEP sigma0)) per class, as float32 integers: the key of
+    keyed_logits noise. Inputs that move the logits by much less than the noise's
+    scale (one-ulp steps, invisible pixel changes) land in the same cell with
+    probability about 1 - k |dz| / step, and so get the same noise as the original."""
+    step = LOGIT_KEY_STEP * float(np.sqrt(params.base_variance))
+    z = np.asarray(logits, dtype=np.float64)
+    cells = np.floor(z / step)
+    np.clip(cells, -_MAX_LOGIT_CELL, _MAX_LOGIT_CELL, out=cells)
+    return cells.astype(np.float32)
+
+
 def parameter_key(secret: bytes, params: DefenseParams) -> bytes:
     """HMAC-SHA256(secret, PARAMETER_KEY_CONTEXT || params.canonical()): the key that
     seeds keyed noise under ``params``. Equal parameters give the same key (so going
@@ -322,17 +339,26 @@ class NoiseSource:
         inputs: NDArray[np.generic] | None = None,
         secret: bytes | None = None,
         model_id: str = "",
+        logits: NDArray[np.generic] | None = None,
     ) -> NDArray[np.float64] | None:
         """Draws of shape (n, ensemble_size, n_classes), or None when ``params`` add no
-        noise. Keyed mode needs the tenant ``secret`` and the raw ``inputs``."""
+        noise. Keyed mode needs the tenant ``secret`` and the raw ``inputs``;
+        keyed_logits the ``secret`` and the clean ``logits``."""
         if not params.adds_noise:
             return None
-        if params.noise_mode is NoiseMode.KEYED:
-            if secret is None or inputs is None:
-                raise ValueError("keyed noise needs the tenant secret and the inputs")
-            seeds = self.seeder(secret, model_id, params).seeds(inputs)
-            return keyed_standard_normal(seeds, params.ensemble_size, n_classes)
-        return self._fresh.draws(n, params.ensemble_size, n_classes)
+        mode = params.noise_mode
+        if mode is NoiseMode.FRESH:
+            return self._fresh.draws(n, params.ensemble_size, n_classes)
+        if mode is NoiseMode.KEYED:
+            keyed_on, needs = inputs, "inputs"
+        else:
+            keyed_on, needs = logits, "clean logits"
+            if logits is not None:
+                keyed_on = quantized_logits(logits, params)
+        if secret is None or keyed_on is None:
+            raise ValueError(f"{mode} noise needs the tenant secret and the {needs}")
+        seeds = self.seeder(secret, model_id, params).seeds(keyed_on)
+        return keyed_standard_normal(seeds, params.ensemble_size, n_classes)
 
     def seeder(self, secret: bytes, model_id: str, params: DefenseParams) -> KeyedSeeder:
         """The (cached) seeder of one tenant secret, model and parameters. A tenant's

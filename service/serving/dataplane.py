@@ -96,7 +96,7 @@ class DataPlane:
             )
             tenant = tenant if tenant is not None else self.authenticate(call)
             seen.tenant = tenant.name
-            if not tenant.params.adds_noise and not settings.allow_clean_outputs:
+            if tenant.params.releases_clean_outputs and not settings.allow_clean_outputs:
                 raise CleanOutputsRefused(_CLEAN_OUTPUTS_MESSAGE)
             limiter = services.rate_limiter
             limiter.enforce(tenant)

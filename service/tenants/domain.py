@@ -160,8 +160,9 @@ def refuse_clean_outputs(params: DefenseParams) -> None:
     """Raise InvalidParameters when ``params`` add no noise (base_variance 0): the
     answers would be a bijection of the model's clean probabilities at any temperature
     (softmax(z / T) gives z back up to a constant). What the admin API and the CLI
-    call unless ALLOW_CLEAN_OUTPUTS_VARIABLE is set."""
-    if not params.adds_noise:
+    call unless ALLOW_CLEAN_OUTPUTS_VARIABLE is set. The lossy output modes add no
+    noise and are not clean: they answer a many-to-one view of the output."""
+    if params.releases_clean_outputs:
         raise InvalidParameters(
             "base_variance 0 would answer with the model's clean probabilities (a "
             "bijection of them at any temperature): set base_variance > 0, or run with "
