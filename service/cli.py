@@ -13,9 +13,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import audit, bench, serve, tenants, train
+from .commands import audit, bench, calibrate, models, serve, tenants, train
 
-COMMANDS = (serve, tenants, train, audit, bench)
+COMMANDS = (serve, tenants, models, train, audit, calibrate, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,12 @@ class CleanOutputsRefused(DynanoiseError):
     fault, not the request; its operator must raise base_variance."""
 
 
+class OutputModeUnavailable(DynanoiseError):
+    """The tenant's output mode (calibrated_label, coarse) answers from held-out tables
+    the model's manifest does not carry. The tenant's configuration and the model
+    disagree, not the request: the operator must calibrate the model or change the mode."""
+
+
 class NotFound(DynanoiseError):
     """The named resource does not exist."""
 

@@ -1,6 +1,8 @@
 """The request path minus HTTP: validated batch -> clean logits -> DynaNoise -> probabilities.
 
-Clean logits stay inside this module; only defended probabilities are returned.
+Clean logits stay inside this module; only defended probabilities are returned. A
+tenant in a lossy output mode (calibrated_label, coarse) gets the model's held-out
+answer tables instead of DynaNoise: deterministic, no noise drawn.
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .defense import DefenseParams, NoiseSource, StandardNormalPool, apply_dynanoise
-from .errors import BadInput, DefenseFailure
+from .defense import (
+    DefenseParams,
+    NoiseSource,
+    OutputCalibration,
+    StandardNormalPool,
+    apply_dynanoise,
+    sensitivity,
+)
+from .errors import BadInput, DefenseFailure, OutputModeUnavailable
 from .metrics import ServiceMetrics
 from .runtime import OnnxClassifier
 from .runtime.batching import AdaptiveBatcher
@@ -39,6 +48,19 @@ def fresh_generator() -> np.random.Generator:
     """A generator seeded from OS entropy, so fresh noise never repeats across
     workers or restarts (a fork-inherited or clock-derived seed could)."""
     return np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(16), "little")))
+
+
+def _calibration_for(model: OnnxClassifier, params: DefenseParams) -> OutputCalibration | None:
+    """The answer tables of a lossy output mode; None for DynaNoise."""
+    if not params.lossy:
+        return None
+    if model.calibration is None:
+        raise OutputModeUnavailable(
+            f"model {model.name!r} cannot answer in the {params.output_mode.value} output "
+            "mode: its manifest needs a `calibration` block (written by `dynanoise models "
+            "calibrate-outputs`)"
+        )
+    return model.calibration
 
 
 class Predictor:
@@ -76,7 +98,11 @@ class Predictor:
     def predict(
         self, model: OnnxClassifier, context: DefenseContext, batch: NDArray[np.generic]
     ) -> NDArray[np.float32]:
-        """Defended probabilities (n, k) for a batch already validated by ``model``."""
+        """Defended probabilities (n, k) for a batch already validated by ``model``.
+        Raises OutputModeUnavailable, before running the model, when the tenant's
+        output mode needs a calibration the model's manifest does not carry."""
+        params = context.params
+        calibration = _calibration_for(model, params)
         started = time.perf_counter()
         logits = self._logits(model, batch)
         inferred = time.perf_counter()
@@ -86,20 +112,27 @@ class Predictor:
         if not math.isfinite(total):
             # A model can overflow on extreme (finite) inputs; never pass Inf/NaN on.
             raise BadInput("the model produced non-finite values for this input")
-        params = context.params
-        draws = self._draws(model, context, batch, logits)
-        out = apply_dynanoise(logits, params, draws)
+        if calibration is None:
+            draws = self._draws(model, context, batch, logits)
+            out = apply_dynanoise(logits, params, draws)
+            probabilities, risk, noise_std = out.probabilities, out.sensitivity, out.noise_std
+        else:
+            probabilities = calibration.answer(logits, min(params.buckets, calibration.max_buckets))
+            # R of the clean output, as DynaNoise would have measured it; no noise.
+            risk = sensitivity(logits, params.sensitivity)
+            noise_std = np.zeros(len(risk))
         defended = time.perf_counter()
-        if not math.isfinite(out.probabilities.sum(dtype=np.float64)):
+        if not math.isfinite(probabilities.sum(dtype=np.float64)):
             # The defense is overflow-proof; this guards the invariant, never a NaN answer.
             raise DefenseFailure("the defense produced non-finite probabilities")
 
-        flips = int(np.count_nonzero(out.probabilities.argmax(axis=1) != logits.argmax(axis=1)))
+        # Zero in the lossy modes by construction (the tables keep the model's label).
+        flips = int(np.count_nonzero(probabilities.argmax(axis=1) != logits.argmax(axis=1)))
         m = self._metrics
         m.child(m.inference_duration, model.name).observe(inferred - started)
         m.child(m.defense_duration, model.name, context.tenant).observe(defended - inferred)
-        m.observe_defense(model.name, context.tenant, out.sensitivity, out.noise_std, flips)
-        return out.probabilities
+        m.observe_defense(model.name, context.tenant, risk, noise_std, flips)
+        return probabilities
 
     def batcher(self, model: OnnxClassifier) -> AdaptiveBatcher | None:
         """The model's batcher when batching is on (created on first use)."""

@@ -22,7 +22,15 @@ def test_the_commands_are_exactly_the_public_ones() -> None:
         for action in build_parser()._actions
         if isinstance(action, argparse._SubParsersAction)
     )
-    assert list(subparsers.choices) == ["serve", "tenants", "train", "audit", "bench"]
+    assert list(subparsers.choices) == [
+        "serve",
+        "tenants",
+        "models",
+        "train",
+        "audit",
+        "calibrate",
+        "bench",
+    ]
 
 
 def test_a_command_that_fails_to_import_is_an_error_not_a_missing_command() -> None:

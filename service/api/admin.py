@@ -35,7 +35,12 @@ router = APIRouter(
 )
 
 # Fields where an explicit null means something (all models / no limit).
-_NULLABLE_FIELDS = ("allowed_models", "rate_limit_per_second", "rows_per_second")
+_NULLABLE_FIELDS = (
+    "allowed_models",
+    "rate_limit_per_second",
+    "rows_per_second",
+    "repeated_queries_per_minute",
+)
 
 
 def tenant_out(tenant: Tenant) -> TenantOut:
@@ -48,9 +53,12 @@ def tenant_out(tenant: Tenant) -> TenantOut:
         ensemble_size=p.ensemble_size,
         sensitivity=p.sensitivity,
         noise_mode=p.noise_mode,
+        output_mode=p.output_mode,
+        confidence_buckets=p.confidence_buckets,
         allowed_models=sorted(tenant.allowed_models) if tenant.allowed_models is not None else None,
         rate_limit_per_second=tenant.rate_limit_per_second,
         rows_per_second=tenant.rows_per_second,
+        repeated_queries_per_minute=tenant.repeated_queries_per_minute,
         version=tenant.version,
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,
@@ -78,6 +86,7 @@ async def create_tenant(
             body.allowed_models,
             body.rate_limit_per_second,
             body.rows_per_second,
+            body.repeated_queries_per_minute,
             allow_clean_outputs=services.settings.allow_clean_outputs,
         )
     )

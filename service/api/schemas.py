@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..defense import DefenseParams, NoiseMode, Sensitivity
+from ..defense import DefenseParams, NoiseMode, OutputMode, Sensitivity
 from ..defense.params import DESCRIPTIONS, RANGES
 
 # ---------------------------------------------------------------- v1
@@ -95,6 +95,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         403: "The key may not use this model, or its tenant adds no noise (base_variance 0 "
         "without DYNANOISE_ALLOW_CLEAN_OUTPUTS).",
         404: "Unknown model.",
+        409: "The tenant's output mode (calibrated_label, coarse) needs a calibration "
+        "block in the model's manifest, and this model has none.",
         413: "Body over DYNANOISE_MAX_BODY_BYTES.",
         422: "Wrong shape or dtype, non-finite values, empty batch or batch over DYNANOISE_MAX_BATCH.",
         429: "Rate limit of requests or of input rows exceeded (see Retry-After).",
@@ -189,6 +191,12 @@ def _parameter(name: str, *, optional: bool = False) -> Any:
     return Field(default, description=DESCRIPTIONS[name], **bounds)
 
 
+_REPEATED_QUERIES = (
+    "Near-duplicate queries per minute (repeats of a row, exact or "
+    "imperceptibly changed); null = no cap."
+)
+
+
 class _DefenseFields(BaseModel):
     base_variance: float = _parameter("base_variance")
     lambda_scale: float = _parameter("lambda_scale")
@@ -196,6 +204,8 @@ class _DefenseFields(BaseModel):
     ensemble_size: int = _parameter("ensemble_size")
     sensitivity: Sensitivity = _parameter("sensitivity")
     noise_mode: NoiseMode = _parameter("noise_mode")
+    output_mode: OutputMode = _parameter("output_mode")
+    confidence_buckets: int = _parameter("confidence_buckets")
     allowed_models: list[str] | None = Field(
         None, description="Models this tenant may use; null = all."
     )
@@ -209,6 +219,7 @@ class _DefenseFields(BaseModel):
         "costs n); a request of more rows than one second's worth is refused; "
         "null = unlimited.",
     )
+    repeated_queries_per_minute: float | None = Field(None, gt=0, description=_REPEATED_QUERIES)
 
 
 class TenantCreate(_DefenseFields):
@@ -236,9 +247,12 @@ class TenantUpdate(BaseModel):
     ensemble_size: int | None = _parameter("ensemble_size", optional=True)
     sensitivity: Sensitivity | None = _parameter("sensitivity", optional=True)
     noise_mode: NoiseMode | None = _parameter("noise_mode", optional=True)
+    output_mode: OutputMode | None = _parameter("output_mode", optional=True)
+    confidence_buckets: int | None = _parameter("confidence_buckets", optional=True)
     allowed_models: list[str] | None = None
     rate_limit_per_second: float | None = Field(None, gt=0)
     rows_per_second: float | None = Field(None, gt=0)
+    repeated_queries_per_minute: float | None = Field(None, gt=0, description=_REPEATED_QUERIES)
 
 
 class TenantOut(BaseModel):
@@ -253,9 +267,12 @@ class TenantOut(BaseModel):
     ensemble_size: int
     sensitivity: Sensitivity
     noise_mode: NoiseMode
+    output_mode: OutputMode
+    confidence_buckets: int
     allowed_models: list[str] | None
     rate_limit_per_second: float | None
     rows_per_second: float | None
+    repeated_queries_per_minute: float | None
     version: int
     created_at: datetime
     updated_at: datetime

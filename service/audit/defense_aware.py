@@ -39,7 +39,7 @@ from .attacks.adaptive import (
 from .attacks.boundary import LabelOnlyScores, boundary_distance
 from .attacks.lira import lira_leave_one_out
 from .attacks.rmia import rmia_scores
-from .defenses import AuditedDefense, DynaNoiseDefense
+from .defenses import AuditedDefense, DynaNoiseDefense, LossyDefense
 from .oracle import Oracle
 from .seeds import stable_rng
 from .statistics import repeated_attack_metrics
@@ -52,7 +52,11 @@ Probabilities = NDArray[np.float32]
 AttackKey = tuple[str, str, int]
 """(scorer, query mode, queries per row)."""
 
-MODES = ("repeat", "near_duplicate")
+MODES = ("repeat", "near_duplicate", "perturbed")
+PERTURBATION_SCALE = 0.01
+"""The ``perturbed`` mode's noise: N(0, (this x the input range)^2) per feature, clipped
+to the range: invisible on images, and enough to move every class's logit by more
+than one ulp (so it probes keying on coarse views of the output, not on the bytes)."""
 PARAMETER_CHANGE_FACTOR = 2.0
 """The second setting of the differencing attack: base_variance times this."""
 LIRA_GLOBAL_VARIANCE_BELOW = 64
@@ -61,29 +65,52 @@ LIRA_GLOBAL_VARIANCE_BELOW = 64
 
 @dataclass(frozen=True, eq=False)
 class QuerySet:
-    """The pool rows and their near-duplicates (P, n_max, *shape): what attackers send."""
+    """The pool rows and the copies attackers send, (P, n_max, *shape) per mode:
+    ``near_duplicates`` (bytes differ, output does not move) and ``perturbed``
+    (small random input noise, output moves a little)."""
 
     x: NDArray[Any]
     y: NDArray[np.int64]
     near_duplicates: NDArray[Any]
+    perturbed: NDArray[Any]
 
     @classmethod
-    def build(cls, x: NDArray[Any], y: NDArray[Any], n_max: int) -> QuerySet:
-        """Near-duplicates of float inputs; integer inputs (word ids) have no
-        imperceptible change, so their "near-duplicates" are exact repeats."""
+    def build(
+        cls,
+        x: NDArray[Any],
+        y: NDArray[Any],
+        n_max: int,
+        *,
+        bounds: tuple[float, float] | None = None,
+        seed: int = 0,
+    ) -> QuerySet:
+        """Near-duplicates and perturbed copies of float inputs; integer inputs (word
+        ids) have no imperceptible change, so their copies are exact repeats."""
         rows = np.asarray(x)
-        if rows.dtype.kind == "f":
-            copies = near_duplicates(rows, n_max)
-        else:
+        if rows.dtype.kind != "f":
             copies = np.repeat(rows[:, None], n_max, axis=1)
-        return cls(rows, np.asarray(y, np.int64), copies)
+            return cls(rows, np.asarray(y, np.int64), copies, copies)
+        low, high = bounds if bounds is not None else (float(rows.min()), float(rows.max()))
+        rng = stable_rng(seed, "perturbed copies")
+        noise = rng.standard_normal((rows.shape[0], n_max, *rows.shape[1:]))
+        noise[:, 0] = 0.0  # copy 0 is the row itself, as for near-duplicates
+        scale = PERTURBATION_SCALE * max(high - low, 1e-12)
+        perturbed = np.clip(rows[:, None].astype(np.float64) + scale * noise, low, high)
+        return cls(
+            rows,
+            np.asarray(y, np.int64),
+            near_duplicates(rows, n_max),
+            perturbed.astype(np.float32),
+        )
 
     def rows(self, mode: str, n: int) -> NDArray[np.float32]:
-        """(P * n, *shape): every row n times (``repeat``) or its first n near-duplicates."""
+        """(P * n, *shape): every row n times (``repeat``) or its first n copies."""
         if mode == "repeat":
             stacked = np.repeat(self.x[:, None], n, axis=1)
         elif mode == "near_duplicate":
             stacked = self.near_duplicates[:, :n]
+        elif mode == "perturbed":
+            stacked = self.perturbed[:, :n]
         else:
             raise ValueError(f"unknown query mode {mode!r}")
         return np.ascontiguousarray(stacked.reshape(-1, *self.x.shape[1:]))
@@ -91,13 +118,28 @@ class QuerySet:
 
 @dataclass(frozen=True, eq=False)
 class CachedModel:
-    """A model's clean logits on the pool and on its near-duplicates, computed once;
-    the defense is applied afresh on every ask (so noise and keys vary)."""
+    """A model's clean logits on the pool and on its copies, computed once; the
+    defense is applied afresh on every ask (so noise and keys vary)."""
 
     logits: NDArray[np.float32]  # (P, k)
     near_duplicate_logits: NDArray[np.float32]  # (P, n_max, k)
     model_id: str
     forward: Callable[[NDArray[Any]], NDArray[np.float32]] = field(repr=False)
+    perturbed_logits: NDArray[np.float32] | None = None  # (P, n_max, k)
+
+    @classmethod
+    def of(
+        cls, forward: Callable[[NDArray[Any]], Any], queries: QuerySet, model_id: str
+    ) -> CachedModel:
+        """Run ``forward`` on the pool and every copy of it."""
+        n, n_max = queries.near_duplicates.shape[:2]
+        return cls(
+            np.asarray(forward(queries.x), dtype=np.float32),
+            np.asarray(forward(queries.rows("near_duplicate", n_max))).reshape(n, n_max, -1),
+            model_id,
+            forward,
+            np.asarray(forward(queries.rows("perturbed", n_max))).reshape(n, n_max, -1),
+        )
 
     def labels(self, x: NDArray[Any]) -> NDArray[np.int64]:
         """The model's clean top-1 labels on x (the label-only floor's oracle)."""
@@ -114,6 +156,10 @@ class CachedModel:
         """(P, n, k) defended answers to ``n`` asks per row."""
         if mode == "repeat":
             z = np.repeat(self.logits[:, None], n, axis=1)
+        elif mode == "perturbed":
+            if self.perturbed_logits is None:
+                raise ValueError("this model was cached without perturbed copies")
+            z = self.perturbed_logits[:, :n]
         else:
             z = self.near_duplicate_logits[:, :n]
         flat = z.reshape(-1, z.shape[-1])
@@ -159,23 +205,19 @@ class Targets:
 
 
 def cache_population(population: Population, queries: QuerySet) -> list[CachedModel]:
-    """Every population model's logits on the pool and the near-duplicates."""
-    n, n_max = queries.near_duplicates.shape[:2]
-    flat = queries.rows("near_duplicate", n_max)
+    """Every population model's logits on the pool and its copies."""
     return [
-        CachedModel(
-            population.logits[j],
-            population.logits_of(j, flat).reshape(n, n_max, -1),
-            population.model_ids[j],
-            partial(population.logits_of, j),
-        )
+        CachedModel.of(partial(population.logits_of, j), queries, population.model_ids[j])
         for j in range(population.size)
     ]
 
 
 def with_model_id(defense: AuditedDefense, model_id: str) -> AuditedDefense:
-    """The same defense serving another model (keyed seeds hash the model id)."""
-    return replace(defense, model_id=model_id) if isinstance(defense, DynaNoiseDefense) else defense
+    """The same defense serving another model (keyed seeds hash the model id; lossy
+    answers use that model's tables)."""
+    if isinstance(defense, DynaNoiseDefense | LossyDefense):
+        return replace(defense, model_id=model_id)
+    return defense
 
 
 def adds_noise(defense: AuditedDefense) -> bool:

@@ -12,7 +12,7 @@ is the only thing kept private).
 from __future__ import annotations
 
 import secrets as _secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,8 +20,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..defense import (
+    CalibrationMissing,
     DefenseParams,
     NoiseMode,
+    OutputCalibration,
+    OutputMode,
     defend,
     no_defense,
     sensitivity,
@@ -42,6 +45,9 @@ DEFENSE_NAMES = (
     "top_k_rounded",
     "dynanoise_fresh",
     "dynanoise_keyed",
+    "dynanoise_keyed_logits",
+    "calibrated_label",
+    "coarse",
 )
 """Every defense `build_defenses` knows, in report order (the baseline first)."""
 
@@ -154,6 +160,39 @@ class DynaNoiseDefense:
         return replace(self, secret=rng.bytes(32))
 
 
+@dataclass(frozen=True, eq=False)
+class LossyDefense:
+    """calibrated_label or coarse: each model's held-out answer table, looked up by
+    (predicted label, confidence bucket); ``calibrations`` by model id (fitted on rows
+    the model never trained on). Deterministic, so asking again gains nothing."""
+
+    name: str
+    params: DefenseParams
+    calibrations: Mapping[str, OutputCalibration] = field(repr=False)
+    model_id: str = ""
+    description: str = ""
+
+    temperature = 1.0  # the answers are probabilities; nothing to undo
+    repeats_for_identical_input = True
+
+    def __call__(
+        self, logits: NDArray[Any], inputs: NDArray[Any], rng: np.random.Generator
+    ) -> Probabilities:
+        table = self.calibrations.get(self.model_id)
+        if table is None:
+            raise CalibrationMissing(f"no output calibration for model {self.model_id!r}")
+        buckets = min(self.params.buckets, table.max_buckets)
+        return np.asarray(table.answer(logits, buckets), dtype=np.float64)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"output_mode": str(self.params.output_mode), "buckets": self.params.buckets}
+
+    def for_attacker(self, rng: np.random.Generator) -> LossyDefense:
+        return (
+            self  # no secret: the tables are the mechanism, and the attacker's shadows have theirs
+        )
+
+
 def mean_sensitivity(logits: NDArray[Any], params: DefenseParams) -> float:
     """Mean R of the clean logits, with the sensitivity measure of ``params``."""
     return float(sensitivity(logits, params.sensitivity).mean())
@@ -172,13 +211,15 @@ def build_defenses(
     average_sensitivity: float = 0.0,
     secret: bytes | None = None,
     model_id: str = "",
+    calibrations: Mapping[str, OutputCalibration] | None = None,
 ) -> list[AuditedDefense]:
     """The named defenses, in ``DEFENSE_NAMES`` order whatever the order asked.
 
     ``params`` are DynaNoise's (default: the paper's 0.3 / 2.0 / 10 / 1); temperature
     only and the static Gaussian reuse its temperature, and the static Gaussian its
     average noise (``average_sensitivity`` = mean R on the target's clean outputs).
-    ``secret`` keys dynanoise_keyed (a fresh random one when None).
+    ``secret`` keys dynanoise_keyed (a fresh random one when None). calibrated_label
+    and coarse (with ``params.confidence_buckets``) answer from ``calibrations``.
     """
     unknown = sorted(set(names) - set(DEFENSE_NAMES))
     if unknown:
@@ -227,6 +268,30 @@ def build_defenses(
             model_id=model_id,
             description="DynaNoise, noise keyed to (secret, model, input)",
         ),
+        "dynanoise_keyed_logits": lambda: DynaNoiseDefense(
+            "dynanoise_keyed_logits",
+            replace(p, noise_mode=NoiseMode.KEYED_LOGITS),
+            secret=keyed_secret,
+            model_id=model_id,
+            description="DynaNoise, noise keyed to (secret, model, logits quantized to sigma0)",
+        ),
+        "calibrated_label": lambda: LossyDefense(
+            "calibrated_label",
+            replace(p, output_mode=OutputMode.CALIBRATED_LABEL),
+            dict(calibrations or {}),
+            model_id=model_id,
+            description="held-out class distribution of the predicted label",
+        ),
+        "coarse": lambda: LossyDefense(
+            "coarse",
+            replace(p, output_mode=OutputMode.COARSE),
+            dict(calibrations or {}),
+            model_id=model_id,
+            description=(
+                f"held-out class distribution of (label, one of {p.confidence_buckets} "
+                "confidence buckets)"
+            ),
+        ),
     }
     return [catalogue[name]() for name in DEFENSE_NAMES if name in names]
 
@@ -240,6 +305,13 @@ def served_defense(params: DefenseParams, name: str = "served") -> DynaNoiseDefe
 
 
 SERVED = "served"
+LOSSY_DEFENSES = frozenset({"calibrated_label", "coarse"})
+
+
+def needs_calibration(factory: DefenseFactory) -> bool:
+    """Whether any defense of ``factory`` answers from held-out tables."""
+    served_lossy = factory.served is not None and factory.served.lossy
+    return served_lossy or bool(LOSSY_DEFENSES.intersection(factory.requested))
 
 
 @dataclass(frozen=True)
@@ -257,6 +329,7 @@ class DefenseFactory:
     model_id: str
     seed: int
     served: DefenseParams | None = None
+    calibrations: Mapping[str, OutputCalibration] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -272,6 +345,13 @@ class DefenseFactory:
         if name == SERVED:
             if self.served is None:
                 raise UnknownDefense("no served defense in this audit")
+            if self.served.lossy:  # the attacker's shadows answer from their own tables
+                return LossyDefense(
+                    SERVED,
+                    self.served,
+                    self.calibrations,
+                    description=f"the deployment's {self.served.output_mode} answers",
+                )
             return served_defense(self.served)
         secret = np.random.default_rng([self.seed, repeat, 0x5EC2E7]).bytes(32)
         (defense,) = build_defenses(
@@ -280,5 +360,22 @@ class DefenseFactory:
             average_sensitivity=self.average_sensitivity,
             secret=secret,
             model_id=self.model_id,
+            calibrations=self.calibrations,
         )
         return defense
+
+
+def defense_for_params(
+    name: str,
+    params: DefenseParams,
+    *,
+    secret: bytes | None = None,
+    model_id: str = "",
+    calibrations: Mapping[str, OutputCalibration] | None = None,
+) -> AuditedDefense:
+    """The defense a tenant with ``params`` gets: lossy answers from ``calibrations``,
+    else DynaNoise (keyed modes with ``secret``)."""
+    if params.lossy:
+        return LossyDefense(name, params, dict(calibrations or {}), model_id=model_id)
+    keyed = params.noise_mode is not NoiseMode.FRESH
+    return DynaNoiseDefense(name, params, secret=secret if keyed else None, model_id=model_id)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -29,12 +29,13 @@ from .defense_aware import (
     query_budget_rows,
     worst_case,
 )
-from .defenses import BASELINE, SERVED, DefenseFactory
+from .defenses import BASELINE, SERVED, DefenseFactory, needs_calibration
 from .midput import midput, midput_table
 from .oracle import HttpOracle, InProcessOracle, Oracle
 from .population import (
     default_population_size,
     endpoint_pool,
+    population_calibrations,
     population_pool,
     train_population,
 )
@@ -232,7 +233,21 @@ def run_adaptive_protocol(
     population = train_population(
         dataset, pool_rows, size, target.recipe, seed=config.seed, progress=progress
     )
-    queries = QuerySet.build(population.pool.x, population.pool.y, max(config.budgets))
+    if needs_calibration(factory):
+        factory = replace(
+            factory,
+            calibrations={
+                **factory.calibrations,
+                **population_calibrations(population, dataset, seed=config.seed),
+            },
+        )
+    queries = QuerySet.build(
+        population.pool.x,
+        population.pool.y,
+        max(config.budgets),
+        bounds=input_bounds(dataset),
+        seed=config.seed,
+    )
     cached = cache_population(population, queries)
     if http is None:
         local = Targets(population.in_mask, np.arange(size), models=cached)
@@ -248,7 +263,7 @@ def run_adaptive_protocol(
             local,
             queries,
             seed=config.seed,
-            bounds=_bounds(dataset),
+            bounds=input_bounds(dataset),
             n_bootstrap=config.n_bootstrap,
         )
     blocks: dict[str, dict[str, Any]] = {}
@@ -297,22 +312,16 @@ def run_adaptive_protocol(
 
 
 def _cached_target(target: AuditTarget, queries: QuerySet) -> CachedModel:
-    """The exported target model, run locally on the pool and its near-duplicates."""
+    """The exported target model, run locally on the pool and its copies."""
     model = target.model
-    n, n_max = queries.near_duplicates.shape[:2]
 
     def forward(x: Any) -> Any:
         return model.logits(model.validate(np.asarray(x)))
 
-    return CachedModel(
-        forward(queries.x),
-        forward(queries.rows("near_duplicate", n_max)).reshape(n, n_max, -1),
-        model.model_id,
-        forward,
-    )
+    return CachedModel.of(forward, queries, model.model_id)
 
 
-def _bounds(dataset: Any) -> tuple[float, float] | None:
+def input_bounds(dataset: Any) -> tuple[float, float] | None:
     """The input range label queries are clipped to: [0, 1] for images scaled so."""
     x = dataset.x
     if x.dtype.kind != "f":

@@ -172,3 +172,67 @@ def privacy_utility_figure(results: dict[str, Any], path: Path) -> None:
     fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.13, wspace=0.25)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def frontier_figure(record: dict[str, Any], path: Path) -> None:
+    """`dynanoise calibrate`'s settings: accuracy drop and ECE vs worst-case AUC at the
+    query budget; the frontier joined, the paper's setting and the chosen one marked."""
+    settings = record["settings"]
+    front = set(record["frontier"])
+    chosen = (record.get("chosen") or {}).get("name")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), squeeze=False)
+    families = sorted({s["params"]["output_mode"] for s in settings})
+    colours = {f: plt.get_cmap("tab10")(i) for i, f in enumerate(families)}
+    for ax, (key, label) in zip(
+        axes[0], (("accuracy_drop", "accuracy drop"), ("ece", "ECE")), strict=True
+    ):
+        for s in settings:
+            x = s["accuracy_drop"] if key == "accuracy_drop" else s["utility"]["ece"]
+            worst = s["worst_case"]
+            low, high = worst["auc_ci"]
+            ax.errorbar(
+                x,
+                worst["auc"],
+                yerr=[[worst["auc"] - low], [high - worst["auc"]]],
+                fmt="o",
+                ms=4,
+                alpha=0.9 if s["within_budget"] else 0.35,
+                color=colours[s["params"]["output_mode"]],
+                capsize=2,
+            )
+            if s["name"] in (chosen, "paper_default"):
+                ax.annotate(
+                    "chosen" if s["name"] == chosen else "paper default",
+                    (x, worst["auc"]),
+                    xytext=(6, 6),
+                    textcoords="offset points",
+                    fontsize=8,
+                    weight="bold",
+                )
+                ax.plot(x, worst["auc"], marker="*", ms=14, mfc="none", color="black")
+        on_front = sorted(
+            (s for s in settings if s["name"] in front),
+            key=lambda s: s["accuracy_drop"] if key == "accuracy_drop" else s["utility"]["ece"],
+        )
+        xs = [
+            s["accuracy_drop"] if key == "accuracy_drop" else s["utility"]["ece"] for s in on_front
+        ]
+        if key == "accuracy_drop":
+            ax.plot(xs, [s["worst_case"]["auc"] for s in on_front], color="black", lw=0.8)
+        floor = record.get("label_only_floor")
+        if floor:
+            ax.axhline(floor["auc"], color="grey", lw=0.8, ls=":")
+        ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+        ax.set(xlabel=f"{label} (target's test split)", ylabel="worst-case AUC")
+        if key == "accuracy_drop":
+            ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[f], label=f) for f in families]
+    axes[0][0].legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle(
+        f"Settings tried at {record['query_budget']} queries per row (faded: over the utility "
+        "budget; line: frontier; dotted: label-only floor)",
+        fontsize=9,
+    )
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.13, wspace=0.22)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)

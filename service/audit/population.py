@@ -12,6 +12,7 @@ shadows, on a pool of the target's m members and m rows it never trained on.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
+from ..defense import OutputCalibration
 from .datasets import Dataset
 from .rows import Rows, rows_of
 from .seeds import stable_rng
@@ -140,3 +142,27 @@ def endpoint_pool(
     if len(chosen) < m:
         raise ValueError(f"need {m} rows the target never trained on, have {len(chosen)}")
     return np.concatenate([np.sort(members), chosen]).astype(np.int64)
+
+
+MAX_CALIBRATION_ROWS = 1_000
+"""Held-out rows a population model's answer table is fitted on (at most)."""
+
+
+def population_calibrations(
+    population: Population,
+    dataset: Dataset,
+    *,
+    seed: int,
+    exclude: NDArray[np.int64] | None = None,
+) -> Mapping[str, OutputCalibration]:
+    """A table per population model, from up to MAX_CALIBRATION_ROWS rows outside its
+    pool and outside ``exclude`` (calibrate: the target's members and test rows)."""
+    taken = population.pool_rows if exclude is None else np.r_[population.pool_rows, exclude]
+    outside = np.setdiff1d(np.arange(len(dataset), dtype=np.int64), taken)
+    rng = stable_rng(seed, "population calibration rows")
+    rows = np.sort(rng.permutation(outside)[:MAX_CALIBRATION_ROWS])
+    held_out = rows_of(dataset, rows)
+    return {
+        model_id: OutputCalibration.fit(population.logits_of(j, held_out.x), held_out.y)
+        for j, model_id in enumerate(population.model_ids)
+    }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import platform
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,12 @@ import numpy as np
 
 from ..defense import DefenseParams
 from .config import AuditConfig, HttpTarget
-from .defenses import BASELINE, DefenseFactory, mean_sensitivity
+from .defenses import BASELINE, DefenseFactory, mean_sensitivity, needs_calibration
 from .evaluation import audit_oracle, run_adaptive_protocol, run_paper_protocol
 from .oracle import HttpOracle
 from .rows import rows_of
 from .splits import Split
-from .target import AuditTarget, load_target
+from .target import AuditTarget, load_target, target_calibration
 from .training import Recipe, train_and_export
 from .utility import utility_report
 
@@ -92,6 +92,8 @@ def _audit(
         config.seed,
         http.params if http is not None else None,
     )
+    if needs_calibration(factory):
+        factory = replace(factory, calibrations={model.model_id: target_calibration(target)})
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "command": command,

@@ -11,7 +11,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..defense import OutputCalibration
 from ..runtime import OnnxClassifier
+from .calibration import calibration_rows, fit_calibration
 from .config import AuditConfig
 from .datasets import Dataset, load_dataset
 from .splits import Split, check_disjoint
@@ -63,3 +67,16 @@ def _recipe(manifest: dict[str, Any], dataset: str, epochs: int | None) -> Recip
         known["hidden"] = tuple(known["hidden"])
     recipe = replace(base, **known)
     return replace(recipe, epochs=epochs) if epochs is not None else recipe
+
+
+def target_calibration(target: AuditTarget) -> OutputCalibration:
+    """What the server would answer from: the manifest's block, else a fit on
+    ``calibration_rows``."""
+    block = target.manifest.get("calibration")
+    if block:
+        return OutputCalibration.from_dict(block)
+    model = target.model
+    rows = calibration_rows(target.split, len(target.dataset))
+    return fit_calibration(
+        lambda x: model.logits(model.validate(np.asarray(x))), target.dataset, rows
+    )

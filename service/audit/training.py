@@ -23,7 +23,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..defense import OutputCalibration
 from .architectures import build_model
+from .calibration import CALIBRATION_ROWS_NOTE, calibration_rows
 from .datasets import Dataset, load_dataset
 from .splits import Split, paper_split
 
@@ -244,12 +246,13 @@ def undefended_metrics(
 
 # The serving runtime's rule for model names (service.runtime.manifest).
 _MODEL_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
-_NUMBER_LIST = re.compile(r"\[\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*\]")
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+_NUMBER_LIST = re.compile(rf"\[\s*({_NUMBER}(?:\s*,\s*{_NUMBER})*)\s*\]")
 
 
 def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
     """Write `manifest` as out_dir/manifest.json: indented, keys in insertion order,
-    each list of integers (the split's indices) on one line."""
+    each innermost list of numbers (the split's indices, a table's row) on one line."""
     text = json.dumps(manifest, indent=1)
     text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r"\s*,\s*", m.group(1))) + "]", text)
     path = Path(out_dir) / MANIFEST_FILE
@@ -317,7 +320,10 @@ def train_and_export(
         vocab_size=vocab_size,
         seed=seed,
     )
-    metrics = undefended_metrics(onnx_logits(onnx_path, dataset.x), dataset.y, split)
+    every_logit = onnx_logits(onnx_path, dataset.x)
+    metrics = undefended_metrics(every_logit, dataset.y, split)
+    held_out = calibration_rows(split, len(dataset))
+    calibration = OutputCalibration.fit(every_logit[held_out], dataset.y[held_out])
     manifest: dict[str, Any] = {
         "name": model_name,
         "version": version,
@@ -342,6 +348,8 @@ def train_and_export(
         },
         "split": split.to_manifest(),
         "metrics": metrics,
+        "calibration": calibration.as_dict(),
+        "calibration_rows": CALIBRATION_ROWS_NOTE,
     }
     if dataset.vocabulary:
         (out_dir / VOCABULARY_FILE).write_text(

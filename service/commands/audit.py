@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--defenses",
         action="append",
         help="comma-separated subset of: no_defense, temperature_only, static_gaussian, "
-        "top1_label_only, top_k_rounded, dynanoise_fresh, dynanoise_keyed (default: all; "
-        "with --endpoint: no_defense only, beside the served one)",
+        "top1_label_only, top_k_rounded, dynanoise_fresh, dynanoise_keyed, "
+        "dynanoise_keyed_logits, calibrated_label, coarse (default: all; with --endpoint: "
+        "no_defense only, beside the served one)",
     )
     p.add_argument("--params", help="DynaNoise parameters, e.g. base_variance=0.3,temperature=10")
     p.add_argument("--seed", type=int, default=0)

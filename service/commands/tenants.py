@@ -11,12 +11,21 @@ import json
 import sys
 from typing import Any
 
-from ..defense import MAX_ENSEMBLE_SIZE, DefenseParams, InvalidParameters, NoiseMode, Sensitivity
-from ..defense.params import PARAMETER_NAMES
+from ..defense import (
+    MAX_CONFIDENCE_BUCKETS,
+    MAX_ENSEMBLE_SIZE,
+    DefenseParams,
+    InvalidParameters,
+    NoiseMode,
+    OutputMode,
+    Sensitivity,
+)
+from ..defense.params import DESCRIPTIONS, PARAMETER_NAMES
 from ..settings import Settings
 from ..tenants import InvalidTenantName, TenantExists, TenantNotFound, TenantStore
 
 _PARAMS = PARAMETER_NAMES
+_LIMITS = ("rate_limit_per_second", "rows_per_second", "repeated_queries_per_minute")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,6 +80,18 @@ def _add_param_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--noise-mode", choices=[m.value for m in NoiseMode], default=default(d.noise_mode.value)
     )
     p.add_argument(
+        "--output-mode",
+        choices=[m.value for m in OutputMode],
+        default=default(d.output_mode.value),
+        help=DESCRIPTIONS["output_mode"],
+    )
+    p.add_argument(
+        "--confidence-buckets",
+        type=int,
+        default=default(d.confidence_buckets),
+        help=f"B, 1..{MAX_CONFIDENCE_BUCKETS}: confidence levels of the coarse mode",
+    )
+    p.add_argument(
         "--allowed-models",
         help="comma-separated model names this tenant may use; 'all' (default) for every model",
     )
@@ -82,6 +103,12 @@ def _add_param_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
         type=float,
         dest="rows_per_second",
         help="input rows per second, summed over requests (a request of n rows costs n)",
+    )
+    p.add_argument(
+        "--repeated-queries-per-minute",
+        type=float,
+        dest="repeated_queries_per_minute",
+        help="near-duplicate queries per minute (exact or imperceptibly changed repeats)",
     )
 
 
@@ -117,6 +144,7 @@ def _add(args: argparse.Namespace) -> int:
                 _models(args.allowed_models),
                 args.rate_limit_per_second,
                 args.rows_per_second,
+                args.repeated_queries_per_minute,
                 allow_clean_outputs=_allow_clean_outputs(),
             )
         except (InvalidParameters, InvalidTenantName, TenantExists, ValueError) as exc:
@@ -130,7 +158,7 @@ def _update(args: argparse.Namespace) -> int:
     changes: dict[str, Any] = {k: getattr(args, k) for k in _PARAMS if getattr(args, k) is not None}
     if args.allowed_models is not None:
         changes["allowed_models"] = _models(args.allowed_models)
-    for limit in ("rate_limit_per_second", "rows_per_second"):
+    for limit in _LIMITS:
         if getattr(args, limit) is not None:
             changes[limit] = getattr(args, limit)
     if not changes:
@@ -152,7 +180,7 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    columns = ("name", *_PARAMS, "allowed_models", "rate_limit_per_second", "rows_per_second")
+    columns = ("name", *_PARAMS, "allowed_models", *_LIMITS)
     table = [[str(r[c]) if r[c] is not None else "-" for c in columns] for r in rows]
     widths = [
         max(len(c), *(len(row[i]) for row in table)) if table else len(c)

@@ -1,11 +1,23 @@
-"""Model manifests: the JSON file beside each .onnx that says what the model takes."""
+"""Model manifests: the JSON file beside each .onnx that says what the model takes,
+and, optionally, the held-out answer tables of the lossy output modes."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from ..defense.calibrated import OutputCalibration
 
 MANIFEST_FILE = "manifest.json"
 
@@ -52,6 +64,34 @@ class ModelManifest(BaseModel):
     output: OutputSpec = OutputSpec()
     labels: list[str] = Field(min_length=2)
     description: str = ""
+    calibration: dict[str, Any] | None = Field(
+        None,
+        description="OutputCalibration.as_dict() of held-out rows (written by `dynanoise "
+        "models calibrate-outputs`); the calibrated_label and coarse modes need it.",
+    )
+    _output_calibration: OutputCalibration | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _parse_calibration(self) -> ModelManifest:
+        # Parsed once, here: a block that cannot answer fails the load, not a request.
+        if self.calibration is None:
+            return self
+        try:
+            calibration = OutputCalibration.from_dict(self.calibration)
+        except (KeyError, TypeError, ValueError) as exc:
+            detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise _invalid_calibration(detail) from None
+        if calibration.n_classes != len(self.labels):
+            raise _invalid_calibration(
+                f"n_classes {calibration.n_classes} != {len(self.labels)} labels"
+            )
+        self._output_calibration = calibration
+        return self
+
+    @property
+    def output_calibration(self) -> OutputCalibration | None:
+        """The parsed ``calibration`` block (None when the manifest has none)."""
+        return self._output_calibration
 
     @property
     def model_id(self) -> str:
@@ -68,7 +108,12 @@ def load_manifest(model_dir: Path) -> ModelManifest:
     except ValidationError as exc:
         # One line naming the fields, not pydantic's multi-line report.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
             for err in exc.errors()
         )
         raise ManifestError(f"{path}: invalid manifest: {problems}") from None
+
+
+def _invalid_calibration(detail: str) -> PydanticCustomError:
+    # A custom error reads "calibration: ..." (a ValueError would add "Value error, ").
+    return PydanticCustomError("invalid_calibration", "calibration: {detail}", {"detail": detail})

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from ..defense.calibrated import OutputCalibration
 from ..errors import BadInput
 from .manifest import ManifestError, ModelManifest, load_manifest
 
@@ -35,6 +36,8 @@ class OnnxClassifier:
         self.dtype = np.dtype(manifest.input.dtype)
         self.sample_shape = manifest.input.sample_shape
         self.n_classes = len(manifest.labels)
+        self.calibration: OutputCalibration | None = manifest.output_calibration
+        """Held-out answer tables of the lossy output modes (None: the manifest has none)."""
 
     @classmethod
     def load(cls, model_dir: Path, *, intra_op_threads: int = 1) -> OnnxClassifier:

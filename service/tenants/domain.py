@@ -59,6 +59,7 @@ class TenantView:
     updated_at: datetime
     key_id: str = ""
     rows_per_second: float | None = None
+    repeated_queries_per_minute: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (parameters flattened, models sorted, ISO times)."""
@@ -70,9 +71,12 @@ class TenantView:
             "ensemble_size": self.params.ensemble_size,
             "sensitivity": self.params.sensitivity.value,
             "noise_mode": self.params.noise_mode.value,
+            "output_mode": self.params.output_mode.value,
+            "confidence_buckets": self.params.confidence_buckets,
             "allowed_models": None if self.allowed_models is None else sorted(self.allowed_models),
             "rate_limit_per_second": self.rate_limit_per_second,
             "rows_per_second": self.rows_per_second,
+            "repeated_queries_per_minute": self.repeated_queries_per_minute,
             "version": self.version,
             "key_id": self.key_id,
             "created_at": self.created_at.isoformat(),
@@ -88,7 +92,8 @@ class Tenant:
     and is kept out of repr so it cannot leak into logs. `key_id` names the
     current API key (public: it is the key's lookup handle, not its secret).
     `rate_limit_per_second` limits requests, `rows_per_second` the input rows
-    they carry (None: unlimited).
+    they carry, `repeated_queries_per_minute` the near-duplicate queries (None:
+    unlimited).
     """
 
     name: str
@@ -101,6 +106,7 @@ class Tenant:
     updated_at: datetime
     key_id: str = ""
     rows_per_second: float | None = None
+    repeated_queries_per_minute: float | None = None
 
     def allows(self, model: str) -> bool:
         """Whether this tenant may query `model`."""
@@ -118,6 +124,7 @@ class Tenant:
             updated_at=self.updated_at,
             key_id=self.key_id,
             rows_per_second=self.rows_per_second,
+            repeated_queries_per_minute=self.repeated_queries_per_minute,
         )
 
 
@@ -146,7 +153,8 @@ def normalize_allowed_models(models: Iterable[str] | None) -> frozenset[str] | N
 def validate_rate_limit(
     rate: float | None, field_name: str = "rate_limit_per_second"
 ) -> float | None:
-    """None (unlimited) or a finite rate > 0 (requests, or rows, per second)."""
+    """None (unlimited) or a finite rate > 0 (requests or rows per second, repeated
+    queries per minute)."""
     if rate is None:
         return None
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate):

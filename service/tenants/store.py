@@ -44,7 +44,7 @@ from service.tenants.tables import TenantRow
 logger = logging.getLogger(__name__)
 
 PARAM_FIELDS = frozenset(f.name for f in fields(DefenseParams))
-LIMIT_FIELDS = ("rate_limit_per_second", "rows_per_second")
+LIMIT_FIELDS = ("rate_limit_per_second", "rows_per_second", "repeated_queries_per_minute")
 UPDATABLE_FIELDS = PARAM_FIELDS | {"allowed_models", *LIMIT_FIELDS}
 NOISE_SECRET_BYTES = 32
 _MAX_CACHED_KEYS = 4096
@@ -73,6 +73,8 @@ def _to_tenant(row: TenantRow) -> Tenant:
             ensemble_size=row.ensemble_size,
             sensitivity=row.sensitivity,  # type: ignore[arg-type]  # coerced by DefenseParams
             noise_mode=row.noise_mode,  # type: ignore[arg-type]
+            output_mode=row.output_mode,  # type: ignore[arg-type]
+            confidence_buckets=row.confidence_buckets,
         )
     except (InvalidParameters, ValueError) as exc:
         # Logged by name and reason only: never the row's secret or key material.
@@ -89,6 +91,7 @@ def _to_tenant(row: TenantRow) -> Tenant:
         updated_at=_aware(row.updated_at),
         key_id=row.key_id,
         rows_per_second=row.rows_per_second,
+        repeated_queries_per_minute=row.repeated_queries_per_minute,
     )
 
 
@@ -105,6 +108,8 @@ def _write_params(row: TenantRow, params: DefenseParams) -> None:
     row.ensemble_size = int(params.ensemble_size)
     row.sensitivity = params.sensitivity.value
     row.noise_mode = params.noise_mode.value
+    row.output_mode = params.output_mode.value
+    row.confidence_buckets = int(params.confidence_buckets)
 
 
 def _changed_params(params: DefenseParams, changes: dict[str, Any]) -> DefenseParams:
@@ -175,6 +180,7 @@ class TenantStore:
         allowed_models: Iterable[str] | None = None,
         rate_limit_per_second: float | None = None,
         rows_per_second: float | None = None,
+        repeated_queries_per_minute: float | None = None,
         *,
         allow_clean_outputs: bool = True,
     ) -> tuple[Tenant, str]:
@@ -193,6 +199,9 @@ class TenantStore:
         models = normalize_allowed_models(allowed_models)
         rate = validate_rate_limit(rate_limit_per_second)
         rows_rate = validate_rate_limit(rows_per_second, "rows_per_second")
+        repeats_rate = validate_rate_limit(
+            repeated_queries_per_minute, "repeated_queries_per_minute"
+        )
         api_key, key_id = generate_api_key()
         now = datetime.now(UTC)
         row = TenantRow(
@@ -203,6 +212,7 @@ class TenantStore:
             allowed_models=_stored_models(models),
             rate_limit_per_second=rate,
             rows_per_second=rows_rate,
+            repeated_queries_per_minute=repeats_rate,
             version=1,
             created_at=now,
             updated_at=now,
@@ -236,7 +246,7 @@ class TenantStore:
             return not session.scalar(select(exists().where(TenantRow.id.is_not(None))))
 
     def update(self, name: str, *, allow_clean_outputs: bool = True, **changes: Any) -> Tenant:
-        """Change parameters, allowed_models, rate_limit_per_second or rows_per_second.
+        """Change parameters, allowed_models or a limit (LIMIT_FIELDS).
 
         Parameters are validated through DefenseParams (InvalidParameters).
         The version is bumped when a stored value actually changes. With
@@ -258,23 +268,20 @@ class TenantStore:
                 if "allowed_models" in changes
                 else current.allowed_models
             )
-            rate, rows_rate = (
-                validate_rate_limit(changes[limit], limit)
+            limits = {
+                limit: validate_rate_limit(changes[limit], limit)
                 if limit in changes
                 else getattr(current, limit)
                 for limit in LIMIT_FIELDS
-            )
-            if (params, models, rate, rows_rate) == (
-                current.params,
-                current.allowed_models,
-                current.rate_limit_per_second,
-                current.rows_per_second,
+            }
+            if (params, models) == (current.params, current.allowed_models) and all(
+                value == getattr(current, limit) for limit, value in limits.items()
             ):
                 return current
             _write_params(row, params)
             row.allowed_models = _stored_models(models)
-            row.rate_limit_per_second = rate
-            row.rows_per_second = rows_rate
+            for limit, value in limits.items():
+                setattr(row, limit, value)
             self._touch(row)
             return _to_tenant(row)
 

@@ -43,11 +43,16 @@ class TenantRow(Base):
     ensemble_size: Mapped[int] = mapped_column(Integer, nullable=False)
     sensitivity: Mapped[str] = mapped_column(String(16), nullable=False)
     noise_mode: Mapped[str] = mapped_column(String(16), nullable=False)
+    # Migration 0004; the server defaults are what tenants created before it hold.
+    output_mode: Mapped[str] = mapped_column(String(20), nullable=False, server_default="dynanoise")
+    confidence_buckets: Mapped[int] = mapped_column(Integer, nullable=False, server_default="4")
     # SQL NULL (not JSON null) means "every model".
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     rate_limit_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Input rows per second, over all requests (migration 0003); NULL = unlimited.
     rows_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Near-duplicate queries per minute (migration 0004); NULL = no cap.
+    repeated_queries_per_minute: Mapped[float | None] = mapped_column(Float, nullable=True)
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

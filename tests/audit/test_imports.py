@@ -32,6 +32,7 @@ TORCH_FREE = (
     "service.audit.attacks.rmia",
     "service.audit.attacks.shadow",
     "service.audit.attacks.threshold",
+    "service.audit.calibration",
     "service.audit.config",
     "service.audit.datasets",
     "service.audit.defense_aware",
@@ -47,6 +48,8 @@ TORCH_FREE = (
     "service.audit.scoring",
     "service.audit.seeds",
     "service.audit.splits",
+    "service.audit.tuning",
+    "service.audit.tuning_report",
     "service.audit.statistics",
     "service.audit.utility",
 )
@@ -60,6 +63,7 @@ NEEDS_TORCH = (
     "service.audit.target",  # the target's training recipe
     "service.audit.evaluation",  # runs the protocols, training on the way
     "service.audit.runner",  # the whole audit
+    "service.audit.calibrate",  # `dynanoise calibrate`: trains its search populations
 )
 """Audit modules allowed to need torch: those that train, and what drives them."""
 

@@ -62,7 +62,7 @@ def test_migrate_twice_is_a_no_op_that_keeps_data(store: TenantStore) -> None:
     revision = _revision(store)
     created, key = store.create("acme")
     store.migrate()
-    assert revision == "0003"
+    assert revision == "0004"
     assert _revision(store) == revision
     assert store.get("acme") == created
     assert store.authenticate(key) == created
