@@ -13,6 +13,7 @@ Usage::
         --manifest models/digits/manifest.json --queries 16 --shadows 32 --seed 0 \\
         [--mode near-duplicate|repeat] [--max-batch 256] [--out result.json] \\
         [--base-variance 0.3 --lambda-scale 2.0 --temperature 10 --noise-mode fresh|keyed] \\
+        [--output-mode dynanoise|calibrated_label] \\
         [--clean-shadows] [--variance pooled|global|per-example] [--shadow-cache FILE.npz]
 
 What it does:
@@ -264,6 +265,23 @@ def simulate_defense(
     return recover_logits(p, temperature).mean(axis=-2)
 
 
+def simulate_calibrated_label(z: np.ndarray, mask: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Recovered logits log p of a calibrated_label answer for every shadow (K, n, k):
+    p = P(true class | predicted label), estimated (add-one smoothing) from the
+    shadow's predictions on the pool rows it did not train on. Deterministic, so any
+    number of near-duplicates gives this one answer."""
+    k = z.shape[-1]
+    predicted = z.argmax(axis=-1)
+    answers = np.empty(z.shape, dtype=np.float32)
+    for s in range(z.shape[0]):
+        held_out = ~mask[s]
+        counts = np.ones((k, k))
+        np.add.at(counts, (predicted[s, held_out], y[held_out]), 1.0)
+        table = counts / counts.sum(axis=1, keepdims=True)
+        answers[s] = table[predicted[s]]
+    return recover_logits(answers, 1.0)
+
+
 # ----------------------------------------------------------------------------- queries
 
 
@@ -408,6 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lambda-scale", type=float, default=2.0)
     ap.add_argument("--temperature", type=float, default=10.0)
     ap.add_argument("--noise-mode", choices=["fresh", "keyed"], default="fresh")
+    ap.add_argument(
+        "--output-mode",
+        choices=["dynanoise", "calibrated_label"],
+        default="dynanoise",
+        help="the tenant's output mode: calibrated_label answers are simulated on the shadows "
+        "from their own held-out predictions (use --temperature 1)",
+    )
     ap.add_argument("--clean-shadows", action="store_true", help="do not pass shadows through the defense")
     ap.add_argument("--variance", choices=["auto", "pooled", "global", "per-example"], default="auto",
                     help="auto: pooled (global) when K < 64, else per-example")
@@ -456,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     # 5. shadows through the defense
     keyed_repeat = args.noise_mode == "keyed" and args.mode == "repeat"
     draws = 1 if keyed_repeat else args.queries
-    if args.clean_shadows or args.base_variance == 0.0:
+    if args.output_mode == "calibrated_label":
+        sim = simulate_calibrated_label(shadow_logits, mask, y_pool)
+    elif args.clean_shadows or args.base_variance == 0.0:
         # no noise: one pass through the temperature softmax + float32 rounding is all there is
         sim = (
             shadow_logits - shadow_logits.mean(-1, keepdims=True)
@@ -488,6 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_batch": args.max_batch,
         "model": model_name,
         "noise_mode": args.noise_mode,
+        "output_mode": args.output_mode,
         "defense": {
             "base_variance": args.base_variance,
             "lambda_scale": args.lambda_scale,

@@ -105,12 +105,19 @@ class ServiceMetrics:
             ["model", "tenant"],
             registry=r,
         )
+        self.repeated_queries = Counter(
+            "dynanoise_repeated_queries",
+            "Rows that repeat, exactly or nearly, a row the tenant sent in the last "
+            "window or two (per process).",
+            ["model", "tenant"],
+            registry=r,
+        )
 
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     def child(self, metric: MetricWrapperBase, *label_values: str) -> Any:
         """``metric.labels(*label_values)``, memoised: ``labels`` validates and locks on
-        every call, and a request touches seven children. Label values come
+        every call, and a request touches eight children. Label values come
         from known tenants and models only, so the memo stays small."""
         key = (metric._name, label_values)
         found = self._children.get(key)
@@ -138,6 +145,13 @@ class ServiceMetrics:
         self.child(self.samples, model, tenant).inc(len(sensitivity))
         if label_flips:
             self.child(self.label_flips, model, tenant).inc(label_flips)
+
+    def observe_repeats(self, model: str, tenant: str, rows: int) -> None:
+        """Count ``rows`` repeated rows of one batch (the series exists from the first
+        batch on, at 0 while there are none)."""
+        counter = self.child(self.repeated_queries, model, tenant)
+        if rows:
+            counter.inc(rows)
 
 
 def observe_many(histogram: Histogram, values: NDArray[np.float64]) -> None:

@@ -87,6 +87,34 @@ class Settings(BaseSettings):
         description="Bucket size of a rate-limited tenant, in seconds of its rate: it may "
         "send max(1, rate_limit_per_second * this) requests at once, then its rate.",
     )
+    repeat_monitor: bool = Field(
+        default=True,
+        description="Count, per tenant, the input rows that repeat (exactly or as "
+        "imperceptibly changed copies) a row it sent in the last window or two "
+        "(dynanoise_repeated_queries_total; a tenant's repeated_queries_per_minute caps "
+        "them). Off: neither counted nor capped.",
+    )
+    repeat_window_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="Window of the repeated-query monitor: a row is remembered for one to "
+        "two windows.",
+    )
+    repeat_sketch_bits: int = Field(
+        default=2**20,
+        ge=2**10,
+        le=2**32,
+        description="Bits of each of a tenant's two Bloom filters in the repeated-query "
+        "monitor (a power of two; two filters per tenant per worker, 256 KiB at 2**20). "
+        "They hold bits / 16 distinct rows per window at a false-positive rate under "
+        "0.1 %; raise it for tenants that send more.",
+    )
+    repeat_max_tenants: int = Field(
+        default=256,
+        ge=1,
+        description="Most tenants the repeated-query monitor tracks per worker (least "
+        "recently seen forgotten first); memory is at most this times two filters.",
+    )
     graceful_shutdown_seconds: int = Field(
         default=20,
         ge=1,
@@ -101,6 +129,13 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # `DYNANOISE_METRICS_TOKEN=` (e.g. compose's ${VAR:-}) means no token, not "".
         return None if value == "" else value
+
+    @field_validator("repeat_sketch_bits")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError("repeat_sketch_bits must be a power of two")
+        return value
 
     @model_validator(mode="after")
     def _metrics_port_is_its_own(self) -> Settings:

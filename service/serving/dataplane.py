@@ -1,7 +1,8 @@
 """One inference pipeline for every protocol (MLServer's ``DataPlane.infer``).
 
 observe -> read the body -> authenticate -> refuse clean outputs -> rate-limit ->
-authorize -> decode -> rate-limit rows -> validate -> predict -> encode. Routes and
+authorize -> decode -> rate-limit rows -> validate -> count (and cap) repeated rows ->
+predict -> encode. Routes and
 the lean ASGI path only turn a request into an `InferenceCall` and the `Encoded`
 answer into a response; the status a failure is counted under comes from the API's
 one error table (``status_of``), so this module never speaks HTTP.
@@ -14,7 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from ..errors import CleanOutputsRefused, Forbidden, Unauthorized
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import CleanOutputsRefused, Forbidden, RateLimited, Unauthorized
 from ..inference import DefenseContext
 from ..metrics import UNKNOWN, ServiceMetrics
 from ..protocol import decompress
@@ -109,9 +113,30 @@ class DataPlane:
             if tenant.rows_per_second is not None:  # the batch's rows, before any work
                 limiter.enforce_rows(tenant, _rows(decoded.batch))
             batch = classifier.validate(decoded.batch)
+            self.watch_repeats(tenant, classifier.name, batch)
             context = DefenseContext(tenant.name, tenant.params, tenant.noise_secret)
             probabilities = services.predictor.predict(classifier, context, batch)
             return call.codec.encode(manifest, decoded, probabilities)
+
+    def watch_repeats(self, tenant: Tenant, model: str, batch: NDArray[np.generic]) -> None:
+        """Count the rows of ``batch`` that repeat a recent row of ``tenant``'s; raise
+        RateLimited when that makes its repeats per minute exceed its cap. The refused
+        batch is counted too: a client that keeps sending stays refused."""
+        monitor = self.services.repeats
+        if monitor is None:
+            return
+        repeated = monitor.observe(tenant.name, batch)
+        self.services.metrics.observe_repeats(model, tenant.name, repeated)
+        cap = tenant.repeated_queries_per_minute
+        if cap is None or not repeated:
+            return
+        wait = monitor.seconds_until_under(tenant.name, cap)
+        if wait > 0:
+            raise RateLimited(
+                f"limit of {cap:g} repeated queries per minute exceeded: this tenant sent "
+                "rows that (nearly) repeat rows it sent in the last minutes",
+                wait,
+            )
 
     def authenticate(self, call: InferenceCall) -> Tenant:
         if not call.api_key:
@@ -131,8 +156,9 @@ class DataPlane:
         """The caller's tenant when ``call`` may run on the event loop, else None.
 
         Only when nothing in it can block: its tenant is in this process's auth cache
-        (fresh for ``margin_seconds`` more), it has no rate limit of either kind
-        (requests or rows: the limiter may write to the database), micro-batching is
+        (fresh for ``margin_seconds`` more), it has no limit of any kind (requests,
+        rows or repeated queries: the limiter may write to the database, and a capped
+        tenant's refusals are kept off the event loop like the others), micro-batching is
         off (a batched request waits for others) and the body is small
         (``inline_max_body_bytes``).
         """
@@ -146,6 +172,7 @@ class DataPlane:
             tenant is None
             or tenant.rate_limit_per_second is not None
             or tenant.rows_per_second is not None
+            or tenant.repeated_queries_per_minute is not None
         ):
             return None
         return tenant

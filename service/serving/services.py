@@ -10,13 +10,15 @@ from ..ratelimit import RateLimiter
 from ..runtime import ModelRegistry
 from ..settings import Settings
 from ..tenants import TenantStore
+from .repeats import RepeatedQueryMonitor
 
 
 @dataclass
 class Services:
     """Settings, models, tenants, metrics and the predictor of one process.
 
-    The rate limiter shares the tenant store's database unless one is passed in.
+    The rate limiter shares the tenant store's database unless one is passed in;
+    ``repeats`` counts repeated queries per tenant (None: the monitor is off).
     """
 
     settings: Settings
@@ -26,6 +28,7 @@ class Services:
     predictor: Predictor
     rate_limiter: RateLimiter = field(init=False)
     limiter: InitVar[RateLimiter | None] = None
+    repeats: RepeatedQueryMonitor | None = None
 
     def __post_init__(self, limiter: RateLimiter | None) -> None:
         self.rate_limiter = (
@@ -52,4 +55,13 @@ def build_services(settings: Settings) -> Services:
         batching_max_delay_ms=settings.batching_max_delay_ms,
         batching_max_batch=settings.batching_max_batch,
     )
-    return Services(settings, registry, store, metrics, predictor)
+    repeats = (
+        RepeatedQueryMonitor(
+            window_seconds=settings.repeat_window_seconds,
+            sketch_bits=settings.repeat_sketch_bits,
+            max_tenants=settings.repeat_max_tenants,
+        )
+        if settings.repeat_monitor
+        else None
+    )
+    return Services(settings, registry, store, metrics, predictor, repeats=repeats)
