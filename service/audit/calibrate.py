@@ -69,6 +69,15 @@ class CalibrateConfig:
     label_only: bool = True
     data_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        # Leave-one-out leaves a target and its partner out: K/2 - 1 >= 2 shadows a side.
+        for name in ("population", "reaudit_population"):
+            size = getattr(self, name)
+            if size < 6 or size % 2:
+                raise ValueError(f"{name} must be an even number of models, at least 6")
+        if self.repeats < 1 or self.reaudit_repeats < 1 or self.query_budget < 1:
+            raise ValueError("repeats, reaudit_repeats and query_budget must be >= 1")
+
     @property
     def budgets(self) -> tuple[int, ...]:
         return tuple(n for n in QUERY_BUDGETS if n <= self.query_budget) or (1,)

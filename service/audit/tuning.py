@@ -38,6 +38,10 @@ class Setting:
         return str(self.params.output_mode)
 
 
+_SLACK = 1e-9
+"""Float rounding a bound tolerates."""
+
+
 @dataclass(frozen=True)
 class UtilityBudget:
     """The most utility a setting may cost, against the undefended model on the same
@@ -48,15 +52,17 @@ class UtilityBudget:
     max_nll_increase: float | None = None
 
     def violations(self, utility: dict[str, float], undefended: dict[str, float]) -> list[str]:
-        """Which bounds ``utility`` breaks, in words (empty: within budget)."""
+        """Which bounds ``utility`` breaks, in words (empty: within budget). A value
+        equal to its bound is within it, up to float rounding (1 - 0.89 - (1 - 0.9) is
+        not exactly 0.01)."""
         broken = []
         drop = undefended["accuracy"] - utility["accuracy"]
-        if self.max_accuracy_drop is not None and drop > self.max_accuracy_drop:
+        if self.max_accuracy_drop is not None and drop > self.max_accuracy_drop + _SLACK:
             broken.append(f"accuracy drop {drop:.4f} > {self.max_accuracy_drop:g}")
-        if self.max_ece is not None and utility["ece"] > self.max_ece:
+        if self.max_ece is not None and utility["ece"] > self.max_ece + _SLACK:
             broken.append(f"ECE {utility['ece']:.4f} > {self.max_ece:g}")
         increase = utility["nll"] - undefended["nll"]
-        if self.max_nll_increase is not None and increase > self.max_nll_increase:
+        if self.max_nll_increase is not None and increase > self.max_nll_increase + _SLACK:
             broken.append(f"NLL increase {increase:.4f} > {self.max_nll_increase:g}")
         return broken
 

@@ -83,7 +83,7 @@ class OutputCalibration:
             cells = counts + BUCKET_PRIOR_STRENGTH * label_tables[:, None, :]
             cells /= cells.sum(axis=2, keepdims=True)
             edges.append(e.astype(np.float64))
-            tables.append(_keep_label(cells).astype(np.float32))
+            tables.append(_as_float32_rows(_keep_label(cells)))
         return cls(k, int(z.shape[0]), accuracy, tuple(edges), tuple(tables))
 
     def answer(self, logits: FloatArray, buckets: int) -> NDArray[np.float32]:
@@ -107,7 +107,8 @@ class OutputCalibration:
             "rows": self.rows,
             "accuracy": self.accuracy,
             "edges": [e.tolist() for e in self.edges],
-            "tables": [np.round(t.astype(np.float64), 7).tolist() for t in self.tables],
+            # Each float32 as its shortest decimal: read back, the same bits.
+            "tables": [_shortest(t) for t in self.tables],
         }
 
     @classmethod
@@ -122,8 +123,8 @@ class OutputCalibration:
                 raise ValueError("calibration tables and edges disagree")
             if not np.all(np.isfinite(t)) or np.any(t < 0):
                 raise ValueError("calibration tables must hold probabilities")
-        # Rows re-normalised in float32, so every answer sums to 1 at the output's precision.
-        tables = tuple((t / t.sum(axis=2, keepdims=True)).astype(np.float32) for t in tables)
+            if np.any(np.abs(t.sum(axis=2, dtype=np.float64) - 1.0) > 1e-5):
+                raise ValueError("every calibration table row must sum to 1")
         return cls(k, int(data["rows"]), float(data["accuracy"]), edges, tables)
 
 
@@ -132,6 +133,21 @@ def top1_probability(logits: FloatArray) -> NDArray[np.float64]:
     z = np.asarray(logits, dtype=np.float64)
     shifted = z - z.max(axis=1, keepdims=True)
     return np.asarray(1.0 / np.exp(shifted).sum(axis=1), dtype=np.float64)
+
+
+def _as_float32_rows(cells: NDArray[np.float64]) -> NDArray[np.float32]:
+    """Rows as float32, normalised at that precision (what answers are sent in)."""
+    rows = cells.astype(np.float32)
+    rows /= rows.sum(axis=-1, keepdims=True)
+    return rows
+
+
+def _shortest(table: NDArray[np.float32]) -> list[Any]:
+    """Nested lists of the float32 values, each written as its shortest decimal that
+    reads back to the same float32 (numpy's repr of a float32)."""
+    if table.ndim == 1:
+        return [float(str(v)) for v in table]
+    return [_shortest(row) for row in table]
 
 
 def _label_tables(
