@@ -186,6 +186,10 @@ def frontier_figure(record: dict[str, Any], path: Path) -> None:
     for ax, (key, label) in zip(
         axes[0], (("accuracy_drop", "accuracy drop"), ("ece", "ECE")), strict=True
     ):
+        every_x = [
+            s["accuracy_drop"] if key == "accuracy_drop" else s["utility"]["ece"] for s in settings
+        ]
+        middle = (min(every_x) + max(every_x)) / 2  # labels point inwards from here
         for s in settings:
             x = s["accuracy_drop"] if key == "accuracy_drop" else s["utility"]["ece"]
             worst = s["worst_case"]
@@ -204,8 +208,9 @@ def frontier_figure(record: dict[str, Any], path: Path) -> None:
                 ax.annotate(
                     "chosen" if s["name"] == chosen else "paper default",
                     (x, worst["auc"]),
-                    xytext=(6, 6),
+                    xytext=(-6, 8) if x > middle else (6, 8),
                     textcoords="offset points",
+                    ha="right" if x > middle else "left",
                     fontsize=8,
                     weight="bold",
                 )
