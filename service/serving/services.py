@@ -10,6 +10,7 @@ from ..ratelimit import RateLimiter
 from ..runtime import ModelRegistry
 from ..settings import Settings
 from ..tenants import TenantStore
+from ..tenants.engine import StoreLimits
 from .repeats import RepeatedQueryMonitor
 
 
@@ -47,6 +48,7 @@ def build_services(settings: Settings) -> Services:
         settings.database_url,
         cache_ttl_seconds=settings.tenant_cache_seconds,
         stale_grace_seconds=settings.stale_tenant_grace_seconds,
+        limits=store_limits(settings),
     )
     store.migrate()
     metrics = ServiceMetrics()
@@ -65,3 +67,13 @@ def build_services(settings: Settings) -> Services:
         else None
     )
     return Services(settings, registry, store, metrics, predictor, repeats=repeats)
+
+
+def store_limits(settings: Settings) -> StoreLimits:
+    """The tenant store's timeouts and call bounds, from the settings."""
+    return StoreLimits(
+        call_timeout_seconds=settings.store_timeout_seconds,
+        connect_timeout_seconds=settings.store_connect_timeout_seconds,
+        max_concurrent_calls=settings.store_max_concurrent_calls,
+        queue_timeout_seconds=settings.store_queue_timeout_seconds,
+    )
