@@ -25,6 +25,66 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
+    # Connections and clients (issue 14): limits of one process's HTTP server, weak
+    # secrets, and the throttle on failed authentication.
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request head (request line and headers): a larger one is "
+        "answered 431 (414 for the request line alone) and its connection closed.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request's line and headers must all arrive within this time of its "
+        "first byte; otherwise 408 and the connection is closed (slowloris).",
+    )
+    body_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A request's body must all arrive within this time once the server "
+        "reads it (time the server itself holds the body back is not counted); "
+        "otherwise 408 and the connection is closed.",
+    )
+    keep_alive_seconds: int = Field(
+        default=5,
+        ge=1,
+        description="A connection with no request in progress (just opened, or between "
+        "requests) is closed after this long idle.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Most connections one process holds; a connection beyond it is "
+        "answered 503 and closed at once. Per worker process.",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated addresses or networks (or `*`) of reverse proxies "
+        "whose X-Forwarded-For/-Proto are believed: the client address (for the "
+        "failed-authentication throttle) is then the one they forward. Empty: none, "
+        "the client address is the connection's peer.",
+    )
+    auth_failure_burst: int = Field(
+        default=20,
+        ge=0,
+        description="Failed authentications (401, inference or admin API) one client "
+        "address may make at once before its requests are answered 429 with "
+        "Retry-After; 0 = no throttle. Per process.",
+    )
+    auth_failures_per_minute: float = Field(
+        default=10.0,
+        gt=0,
+        description="Rate at which a throttled client address regains failed "
+        "authentications (a token bucket of `auth_failure_burst` tokens).",
+    )
+    auth_throttle_max_clients: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most client addresses the failed-authentication throttle "
+        "remembers per process (the longest idle forgotten first): bounded memory.",
+    )
     metrics_port: int = Field(
         default=8002,
         ge=0,
@@ -53,6 +113,32 @@ class Settings(BaseSettings):
         default=300.0,
         ge=0,
         description="While the database is unreachable, keep serving known tenants this long.",
+    )
+    store_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a request waits for one tenant-store call: past it the call "
+        "answers 503 (a known tenant is served from cache). Also PostgreSQL's "
+        "statement_timeout and lock_timeout and SQLite's busy timeout.",
+    )
+    store_connect_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Longest a new PostgreSQL connection may take (libpq connect_timeout, "
+        "whole seconds, at least 2).",
+    )
+    store_max_concurrent_calls: int = Field(
+        default=8,
+        ge=1,
+        description="Most tenant-store calls in flight per process: a hung database holds "
+        "at most this many threads. The connection pool holds twice as many (the rest "
+        "for the rate limiter).",
+    )
+    store_queue_timeout_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        description="Longest a store call waits for a free slot, and a rate-limit check for "
+        "a pooled connection, before answering 503 (or limiting per process).",
     )
     create_demo_tenant: bool = Field(
         default=True, description="Create a `demo` tenant and print its key on first start."
@@ -123,6 +209,15 @@ class Settings(BaseSettings):
         "orchestrator's kill timeout, 30 s in Kubernetes).",
     )
     log_level: str = "info"
+    # Inline inference by cost (issue 14): what may run on the event loop.
+    inline_max_noise_draws: int = Field(
+        default=8192,
+        ge=0,
+        description="An inference request runs on the event loop (see "
+        "inline_max_body_bytes) only if the noise draws it can ask for, rows x "
+        "ensemble_size x classes with rows bounded by its body, are at most this many; "
+        "costlier ones go to the thread pool.",
+    )
 
     @field_validator("metrics_host", "metrics_token", mode="before")
     @classmethod

@@ -25,7 +25,9 @@ def server_metadata() -> V2ServerMetadata:
 
 
 @router.get("/health/live", summary="Liveness")
-def live() -> dict[str, bool]:
+async def live() -> dict[str, bool]:
+    # async: answered on the event loop, never queued behind threads that wait on
+    # the database (or on anything else).
     return {"live": True}
 
 

@@ -4,7 +4,9 @@
 cache for `cache_ttl_seconds` (changes made by another process show up within
 that time; changes made through this instance drop the cache at once), and
 keeps serving the last good answer for `stale_grace_seconds` while the
-database is down.
+database is down. Every call is bounded (`StoreLimits`): a hung database answers
+StoreUnavailable within the call timeout, and one expired cache entry costs one
+query however many requests present its key (single flight).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from sqlalchemy import Engine, delete, exists, select, text
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.defense.params import DefenseParams, InvalidParameters
@@ -36,7 +39,16 @@ from service.tenants.domain import (
     validate_name,
     validate_rate_limit,
 )
-from service.tenants.engine import access_guard, for_writes, make_engine
+from service.tenants.engine import (
+    CallGate,
+    DatabaseFile,
+    OutageLog,
+    StoreLimits,
+    access_guard,
+    describe,
+    for_writes,
+    make_engine,
+)
 from service.tenants.keys import PresentedKey, generate_api_key, hash_api_key
 from service.tenants.migrations import build_alembic_config
 from service.tenants.tables import TenantRow
@@ -51,6 +63,7 @@ _MAX_CACHED_KEYS = 4096
 # Any 64-bit constant; serialises concurrent `migrate()` calls of many replicas.
 _MIGRATION_LOCK_KEY = 0x64796E616E6F6973
 _UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +152,16 @@ class TenantStore:
         cache_ttl_seconds: float = 1.0,
         stale_grace_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        limits: StoreLimits | None = None,
     ) -> None:
         if cache_ttl_seconds < 0 or stale_grace_seconds < 0:
             raise ValueError("cache_ttl_seconds and stale_grace_seconds must be >= 0")
-        self._engine = make_engine(database_url)
+        limits = limits if limits is not None else StoreLimits()
+        # Looked at before anything opens the file (which would create it).
+        self._file = DatabaseFile.of(database_url)
+        self._engine = make_engine(database_url, limits, database_file=self._file)
+        self._gate = CallGate(limits)
+        self._outage = OutageLog(logger)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(for_writes(self._engine), expire_on_commit=False)
         self._guard = access_guard(self._engine)
@@ -151,6 +170,8 @@ class TenantStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._cache: dict[str, _CacheEntry] = {}
+        # The lookup in progress per key hash: its other callers wait for it.
+        self._flights: dict[str, Future[Tenant | None]] = {}
         # Bumped on every local write, so a lookup that raced a write cannot
         # put the pre-write tenant back into the cache.
         self._generation = 0
@@ -168,6 +189,10 @@ class TenantStore:
             for_writes(self._engine).begin() as connection,
         ):
             if connection.dialect.name == "postgresql":
+                # Not bounded like a request's statements: another replica may be
+                # migrating, and a migration may take its time.
+                connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+                connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                 )
@@ -218,7 +243,8 @@ class TenantStore:
             updated_at=now,
         )
         _write_params(row, params)
-        with self._write_session() as session:
+
+        def insert(session: Session) -> Tenant:
             if session.scalar(select(exists().where(TenantRow.name == name))):
                 raise TenantExists(f"tenant {name!r} already exists")
             session.add(row)
@@ -226,24 +252,41 @@ class TenantStore:
                 session.flush()
             except IntegrityError as exc:  # lost a race with another writer
                 raise TenantExists(f"tenant {name!r} already exists") from exc
-            tenant = _to_tenant(row)
-        return tenant, api_key
+            return _to_tenant(row)
+
+        return self._write(insert), api_key
 
     def get(self, name: str) -> Tenant:
         """The tenant called `name`; raises TenantNotFound."""
-        with self._read_session() as session:
-            return _to_tenant(self._row(session, name))
+        return self._read(lambda session: _to_tenant(self._row(session, name)))
 
     def list(self) -> list[Tenant]:
         """All tenants, by name."""
-        with self._read_session() as session:
+
+        def tenants(session: Session) -> list[Tenant]:
             rows = session.scalars(select(TenantRow).order_by(TenantRow.name))
             return [_to_tenant(row) for row in rows]
 
+        return self._read(tenants)
+
     def is_empty(self) -> bool:
-        """Whether no tenant exists yet."""
-        with self._read_session() as session:
-            return not session.scalar(select(exists().where(TenantRow.id.is_not(None))))
+        """Whether no tenant exists yet, for seeding a fresh store (the demo tenant).
+
+        False, with one warning saying why, when the SQLite file was missing at open
+        while its `-wal` or `-shm` was there: a database was lost here, not never made,
+        and nothing is seeded over the loss.
+        """
+        evidence = None if self._file is None else self._file.lost_evidence
+        if evidence is not None:
+            logger.warning(
+                "%s; not seeding the new empty database (no demo tenant is created): "
+                "restore the lost file if you can",
+                evidence,
+            )
+            return False
+        return self._read(
+            lambda session: not session.scalar(select(exists().where(TenantRow.id.is_not(None))))
+        )
 
     def update(self, name: str, *, allow_clean_outputs: bool = True, **changes: Any) -> Tenant:
         """Change parameters, allowed_models or a limit (LIMIT_FIELDS).
@@ -257,7 +300,8 @@ class TenantStore:
         unknown = set(changes) - UPDATABLE_FIELDS
         if unknown:
             raise TypeError(f"cannot update {sorted(unknown)}; allowed: {sorted(UPDATABLE_FIELDS)}")
-        with self._write_session() as session:
+
+        def change(session: Session) -> Tenant:
             row = self._row(session, name, for_update=True)
             current = _to_tenant(row)
             params = _changed_params(current.params, changes)
@@ -285,22 +329,30 @@ class TenantStore:
             self._touch(row)
             return _to_tenant(row)
 
+        return self._write(change)
+
     def rotate_key(self, name: str) -> str:
         """Issue a new API key; the old one stops working at once."""
         api_key, key_id = generate_api_key()
-        with self._write_session() as session:
+
+        def rotate(session: Session) -> None:
             row = self._row(session, name, for_update=True)
             row.key_id = key_id
             row.key_hash = hash_api_key(api_key)
             self._touch(row)
+
+        self._write(rotate)
         return api_key
 
     def delete(self, name: str) -> None:
         """Remove a tenant; raises TenantNotFound."""
-        with self._write_session() as session:
+
+        def remove(session: Session) -> None:
             result = session.execute(delete(TenantRow).where(TenantRow.name == name))
             if getattr(result, "rowcount", 0) == 0:
                 raise TenantNotFound(f"no tenant named {name!r}")
+
+        self._write(remove)
 
     def authenticate(self, api_key: str | PresentedKey | None) -> Tenant | None:
         """The tenant owning `api_key`, or None for a malformed or unknown key.
@@ -316,24 +368,26 @@ class TenantStore:
         now = self._clock()
         with self._lock:
             entry = self._cache.get(key_hash)
-            generation = self._generation
-        if entry is not None and now - entry.loaded_at < self._cache_ttl:
-            return entry.tenant
-        try:
-            tenant = self._load_by_key(presented)
-        except _UNAVAILABLE_ERRORS as exc:
-            if entry is not None and now - entry.loaded_at <= self._stale_grace:
-                logger.warning("tenant database unavailable; serving cached %r", entry.tenant.name)
+            if entry is not None and now - entry.loaded_at < self._cache_ttl:
                 return entry.tenant
-            raise StoreUnavailable("tenant database unavailable") from exc
-        with self._lock:
-            if generation == self._generation:
-                if tenant is None:
-                    self._cache.pop(key_hash, None)
-                else:
-                    if len(self._cache) >= _MAX_CACHED_KEYS and key_hash not in self._cache:
-                        self._cache.pop(next(iter(self._cache)))
-                    self._cache[key_hash] = _CacheEntry(tenant, now)
+            flight = self._flights.get(key_hash)
+            leads = flight is None
+            if flight is None:
+                flight = self._flights[key_hash] = Future()
+                generation = self._generation
+        stale = entry.tenant if entry and now - entry.loaded_at <= self._stale_grace else None
+        if leads:
+            self._look_up(presented, flight, generation, now)
+        elif stale is not None:
+            return stale  # another call is asking the database for this key right now
+        try:
+            tenant = self._gate.wait(flight)
+        except StoreUnavailable as exc:
+            self._outage.failed(exc.__cause__ or exc)
+            if stale is None:
+                raise
+            return stale
+        self._outage.recovered()
         return tenant
 
     def cached(
@@ -357,11 +411,15 @@ class TenantStore:
         return None
 
     def ping(self) -> bool:
-        """Whether the database answers `SELECT 1` (for readiness probes)."""
+        """Whether the store can be used (for readiness probes): its SQLite file is
+        still the one it opened, intact, and the database answers within the timeout."""
+        problem = None if self._file is None else self._file.problem(read_header=True)
+        if problem is not None:
+            self._outage.failed(problem)
+            return False
         try:
-            with self._guard, self._engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except SQLAlchemyError:
+            self._read(lambda session: session.execute(text("SELECT 1")).all())
+        except StoreUnavailable:
             return False
         return True
 
@@ -376,14 +434,51 @@ class TenantStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _load_by_key(self, presented: PresentedKey) -> Tenant | None:
-        with self._guard, self._sessions() as session:
+    def _look_up(
+        self,
+        presented: PresentedKey,
+        flight: Future[Tenant | None],
+        generation: int,
+        started_at: float,
+    ) -> None:
+        """Start the database lookup of ``flight``; it lands in the cache and the
+        flight when the database answers, however long after its callers gave up."""
+        key_hash = presented.key_hash
+
+        def load(session: Session) -> Tenant | None:
             row = session.scalars(
                 select(TenantRow).where(TenantRow.key_id == presented.key_id)
             ).first()
             if row is None or not presented.matches(row.key_hash):
                 return None
             return _to_tenant(row)
+
+        def land(tenant: Tenant | None, error: BaseException | None) -> None:
+            with self._lock:
+                if self._flights.get(key_hash) is flight:
+                    del self._flights[key_hash]
+                if error is None and generation == self._generation:
+                    if tenant is None:
+                        self._cache.pop(key_hash, None)
+                    else:
+                        if len(self._cache) >= _MAX_CACHED_KEYS and key_hash not in self._cache:
+                            self._cache.pop(next(iter(self._cache)))
+                        self._cache[key_hash] = _CacheEntry(tenant, started_at)
+            if error is None:
+                flight.set_result(tenant)
+            else:
+                flight.set_exception(error)
+
+        def landed(call: Future[Tenant | None]) -> None:
+            error = call.exception()
+            land(None if error is not None else call.result(), error)
+
+        try:
+            call = self._gate.submit(lambda: self._in_session(load))
+        except StoreUnavailable as exc:
+            land(None, exc)
+            return
+        call.add_done_callback(landed)
 
     @staticmethod
     def _row(session: Session, name: str, *, for_update: bool = False) -> TenantRow:
@@ -403,6 +498,7 @@ class TenantStore:
     def _invalidate(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._flights.clear()  # lookups begun before a write must not answer after it
             self._generation += 1
 
     @contextmanager
@@ -410,28 +506,47 @@ class TenantStore:
         try:
             yield
         except _UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable("tenant database unavailable") from exc
+            raise StoreUnavailable(f"tenant database unavailable: {describe(exc)}") from exc
 
-    @contextmanager
-    def _read_session(self) -> Iterator[Session]:
+    def _in_session(self, work: Callable[[Session], _T]) -> _T:
         with self._guard, self._unavailable_as_error(), self._sessions() as session:
-            yield session
+            return work(session)
 
-    @contextmanager
-    def _write_session(self) -> Iterator[Session]:
-        # Invalidate after the commit: a lookup that read the old row before the
-        # commit then cannot re-cache it. A failed write rolled back, so the cache
-        # (and the last-known-good copies that outages are served from) stays; the
-        # generation still moves on, in case the failure hid a commit.
+    def _read(self, work: Callable[[Session], _T]) -> _T:
+        """``work`` in a read session, bounded by the call gate."""
+        return self._bounded(lambda: self._in_session(work))
+
+    def _write(self, work: Callable[[Session], _T]) -> _T:
+        """``work`` in a write transaction, bounded by the call gate.
+
+        The cache is invalidated after the commit: a lookup that read the old row
+        before the commit then cannot re-cache it. A failed write rolled back, so the
+        cache (and the last-known-good copies that outages are served from) stays; the
+        generation still moves on, in case the failure hid a commit.
+        """
+
+        def transaction() -> _T:
+            try:
+                with (
+                    self._guard,
+                    self._unavailable_as_error(),
+                    self._write_sessions.begin() as session,
+                ):
+                    result = work(session)
+            except BaseException:
+                with self._lock:
+                    self._generation += 1
+                raise
+            self._invalidate()
+            return result
+
+        return self._bounded(transaction)
+
+    def _bounded(self, call: Callable[[], _T]) -> _T:
         try:
-            with (
-                self._guard,
-                self._unavailable_as_error(),
-                self._write_sessions.begin() as session,
-            ):
-                yield session
-        except BaseException:
-            with self._lock:
-                self._generation += 1
+            result = self._gate.call(call)
+        except StoreUnavailable as exc:
+            self._outage.failed(exc.__cause__ or exc)
             raise
-        self._invalidate()
+        self._outage.recovered()
+        return result
