@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
         docs_url="/docs",
         redoc_url=None,
+        redirect_slashes=False,  # a redirect would be built from the request's own Host
         # FastAPI's own OpenTelemetry hooks look for providers on every request
         # on every request; the service exports Prometheus metrics instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},

@@ -6,6 +6,16 @@ error code, for every endpoint, the metrics and the middleware alike.
 
 from __future__ import annotations
 
+ECHO_LIMIT = 64
+"""The most characters of a request's own string an error message quotes back."""
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as an error message quotes it: its repr, cut to ``limit`` characters
+    and marked with "...", so a client's 60,000-character name is not sent back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 class DynanoiseError(Exception):
     """Base class. ``message`` is safe to show to a client: no internals, no data."""
@@ -21,6 +31,10 @@ class BadInput(DynanoiseError):
 
 class MalformedBody(DynanoiseError):
     """The body cannot be parsed (not JSON, not valid gzip)."""
+
+
+class UnsupportedMediaType(DynanoiseError):
+    """The body's Content-Type is not one the endpoint's protocol is sent as."""
 
 
 class PayloadTooLarge(DynanoiseError):

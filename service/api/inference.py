@@ -10,6 +10,8 @@ and a line here.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from fastapi import APIRouter, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..serving import CODECS, Codec, DataPlane, InferenceCall
@@ -32,6 +35,11 @@ from .schemas import (
     self_contained_schema,
 )
 from .status import error_response
+
+logger = logging.getLogger("dynanoise.api")
+
+# Not sent (its client is gone); the status nginx logs for a request its client closed.
+CLIENT_CLOSED_REQUEST = 499
 
 # An inline request must find its tenant's cache entry still fresh when the data
 # plane reads it, a few hundred microseconds later: ask for this much margin.
@@ -116,19 +124,30 @@ def api_key_of(headers: Mapping[str, str]) -> str | None:
 
 
 async def serve(request: Request, route: InferenceRoute, params: Mapping[str, str]) -> Response:
-    """Answer one inference request: inline on the event loop when nothing in it can
-    block (see `DataPlane.cached_tenant`), else in the thread pool."""
-    body = await request.body()  # the guard's size limit raises through here
+    """Answer one inference request: refused on its head when it may (no body read
+    for a missing key, `DataPlane.screen`), else inline on the event loop when nothing
+    in it can block (`DataPlane.cached_tenant`), else in the thread pool."""
     plane: DataPlane = request.app.state.dataplane
     try:
-        call = InferenceCall(
+        head = InferenceCall(
             route.codec,
             params["model"],
             params.get("version"),
             api_key_of(request.headers),
-            body,
+            b"",
             request.headers,
         )
+        plane.screen(head)
+    except Exception as exc:
+        return error_response(exc)
+    try:
+        body = await request.body()  # the guard's size limit raises through here
+    except ClientDisconnect:
+        # The client went away mid-body: nothing to answer, nothing gone wrong here.
+        logger.debug("client disconnected before sending its body")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    try:
+        call = dataclasses.replace(head, body=body)
         tenant = plane.cached_tenant(call, CACHE_MARGIN_SECONDS)
         if tenant is not None:
             encoded = plane.infer(call, tenant)

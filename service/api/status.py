@@ -34,6 +34,7 @@ from ..errors import (
     ServiceUnavailable,
     Unauthorized,
     UnknownModel,
+    UnsupportedMediaType,
 )
 from ..tenants import (
     CorruptTenant,
@@ -60,6 +61,7 @@ _TABLE: dict[type[BaseException], tuple[int, str]] = {
     BadInput: (422, "bad_input"),
     MalformedBody: (400, "malformed_body"),
     PayloadTooLarge: (413, "payload_too_large"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
     UnknownModel: (404, "unknown_model"),
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),
@@ -111,11 +113,19 @@ def status_for(exc: BaseException) -> ErrorStatus:
     return ErrorStatus(500, "internal_error", "internal error")
 
 
+# Messages quote request strings through `errors.echo` (64 characters); this bounds
+# whatever a message still carries, e.g. a name quoted where echo is not used.
+_MAX_MESSAGE_CHARS = 1000
+
+
 def _message(exc: BaseException, cls: type[BaseException]) -> str:
     if cls in _FIXED_MESSAGES:
         return _FIXED_MESSAGES[cls]
     if isinstance(exc, DynanoiseError):
-        return exc.message
+        message = exc.message
+        if len(message) > _MAX_MESSAGE_CHARS:
+            return message[:_MAX_MESSAGE_CHARS] + "..."
+        return message
     if isinstance(exc, RequestValidationError):
         # Name the fields and what is wrong with them, without echoing the values sent.
         problems = [
@@ -123,7 +133,7 @@ def _message(exc: BaseException, cls: type[BaseException]) -> str:
             f"{err.get('msg', 'invalid')}"
             for err in exc.errors()
         ]
-        return "; ".join(problems)[:1000]
+        return "; ".join(problems)[:_MAX_MESSAGE_CHARS]
     return str(exc)
 
 

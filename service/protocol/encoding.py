@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from ..errors import BadInput, MalformedBody, PayloadTooLarge
+from ..errors import BadInput, MalformedBody, PayloadTooLarge, echo
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -17,7 +18,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if not encoding or encoding == "identity":
         return body
     if encoding not in ("gzip", "deflate"):
-        raise BadInput(f"unsupported Content-Encoding {encoding!r}")
+        raise BadInput(f"unsupported Content-Encoding {echo(encoding)}")
     inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
     try:
         out = inflater.decompress(body, limit + 1)
@@ -25,6 +26,12 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise MalformedBody(f"body is not valid {encoding} data") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed body exceeds {limit} bytes")
+    # One complete stream and nothing after it: a truncated stream, a second gzip
+    # member or trailing bytes would otherwise be silently dropped.
+    if not inflater.eof:
+        raise MalformedBody(f"body is a truncated {encoding} stream")
+    if inflater.unused_data:
+        raise MalformedBody(f"body holds data after its {encoding} stream (one stream only)")
     return out
 
 
@@ -35,16 +42,47 @@ def parse_json(body: bytes) -> Any:
         raise MalformedBody("body is not valid JSON") from None
 
 
-def to_array(values: Any, what: str, dtype: np.dtype[Any] | None = None) -> NDArray[Any]:
-    """Nested JSON lists -> an ndarray, or BadInput when they are not rectangular.
+_NUMBERS = frozenset({int, float})
+_JSON_TYPES: dict[str, tuple[frozenset[type], str]] = {
+    "f": (_NUMBERS, "JSON numbers"),
+    "i": (frozenset({int}), "integers"),
+    "u": (frozenset({int}), "integers"),
+    "b": (frozenset({bool}), "booleans"),
+}
+"""The JSON values a tensor of each numpy kind takes, by exact type (a bool is no int
+here): floats take numbers, integers take integers only (0.7 is never truncated)."""
 
-    Whether it holds numbers, is empty, has the model's shape and is finite is the
-    model's check (`OnnxClassifier.validate`), made once for every protocol.
+
+def check_json_values(values: Iterable[Any], what: str, dtype: np.dtype[Any] | None) -> None:
+    """BadInput unless every value in the flat ``values`` has a type ``dtype`` takes
+    (numbers when None): strings, booleans and fractions are refused, not converted."""
+    allowed, words = _JSON_TYPES.get(dtype.kind if dtype is not None else "f", (frozenset(), ""))
+    found = set(map(type, values))
+    if list in found:
+        raise BadInput(f"{what} must be a rectangular array of numbers")
+    if not found <= allowed:
+        raise BadInput(f"{what} must hold {words or 'values of a supported datatype'} only")
+
+
+def to_array(values: Any, what: str, dtype: np.dtype[Any] | None = None) -> NDArray[Any]:
+    """Nested JSON lists -> an ndarray, or BadInput when they are not rectangular, hold
+    a value ``dtype`` does not take (`check_json_values`) or one out of its range.
+
+    Whether it is empty, has the model's shape and is finite is the model's check
+    (`OnnxClassifier.validate`), made once for every protocol.
     """
+    rectangular = f"{what} must be a rectangular array of numbers"
     try:
-        return np.array(values, dtype=dtype)
-    except (ValueError, TypeError, OverflowError):
-        raise BadInput(f"{what} must be a rectangular array of numbers") from None
+        cells = np.array(values, dtype=object)  # ragged rows stay lists, found below
+    except (ValueError, TypeError):
+        raise BadInput(rectangular) from None
+    check_json_values(cells.flat, what, dtype)
+    try:
+        return np.array(values) if dtype is None else cells.astype(dtype)
+    except OverflowError:
+        raise BadInput(f"{what} holds a value out of its datatype's range") from None
+    except (ValueError, TypeError):
+        raise BadInput(rectangular) from None
 
 
 def check_batch(n: int, max_batch: int) -> None:

@@ -4,6 +4,7 @@ tensor data extension (``Inference-Header-Content-Length``, ``binary_data_size``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +14,15 @@ from numpy.typing import NDArray
 
 from ..errors import BadInput
 from .dtypes import V2_DTYPES, v2_datatype
-from .encoding import check_batch, dumps, parse_json, to_array
+from .encoding import check_batch, check_json_values, dumps, parse_json, to_array
 
 OUTPUT_NAME = "probabilities"
 HEADER_LENGTH = "inference-header-content-length"
+
+MAX_DIMENSIONS = 32
+MAX_DIMENSION_SIZE = 2**31 - 1
+"""Bounds on a request's ``shape``: no model takes more, and within them every size
+is an exact Python int (numpy's int64 product of a shape wraps)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +40,9 @@ def decode_v2_request(
     """Server side: an inference request, JSON or with binary tensor data."""
     binary = b""
     if header_length is not None:
-        try:
-            json_size = int(header_length)
-        except ValueError:
-            raise BadInput("Inference-Header-Content-Length must be an integer") from None
+        if not (header_length.isascii() and header_length.isdigit()):
+            raise BadInput("Inference-Header-Content-Length must be an integer")
+        json_size = int(header_length)
         if not 0 < json_size <= len(body):
             raise BadInput("Inference-Header-Content-Length is out of range")
         body, binary = body[:json_size], body[json_size:]
@@ -56,22 +61,16 @@ def decode_v2_request(
 
 def _decode_tensor(tensor: dict[str, Any], binary: bytes, max_batch: int) -> NDArray[Any]:
     datatype = tensor.get("datatype")
-    if datatype not in V2_DTYPES:
-        raise BadInput(f"datatype must be one of {sorted(V2_DTYPES)}")
+    if type(datatype) is not str or datatype not in V2_DTYPES:
+        raise BadInput(f'"datatype" must be one of {sorted(V2_DTYPES)}')
     dtype = V2_DTYPES[datatype]
-    shape = tensor.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise BadInput('"shape" must be a non-empty list of non-negative integers')
+    shape = _shape(tensor.get("shape"))
     check_batch(shape[0], max_batch)
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     params = tensor.get("parameters") or {}
     binary_size = params.get("binary_data_size") if isinstance(params, dict) else None
     if binary_size is not None:
-        if not isinstance(binary_size, int) or binary_size != len(binary):
+        if type(binary_size) is not int or binary_size != len(binary):
             raise BadInput("binary_data_size does not match the binary data sent")
         if binary_size != size * dtype.itemsize:
             raise BadInput(
@@ -90,12 +89,29 @@ def _decode_tensor(tensor: dict[str, Any], binary: bytes, max_batch: int) -> NDA
     return array.reshape(shape)
 
 
+def _shape(shape: Any) -> list[int]:
+    """The request's ``shape``, or BadInput unless it is 1 to MAX_DIMENSIONS integers
+    from 0 to MAX_DIMENSION_SIZE."""
+    if (
+        type(shape) is not list
+        or not 0 < len(shape) <= MAX_DIMENSIONS
+        or not all(type(d) is int and 0 <= d <= MAX_DIMENSION_SIZE for d in shape)
+    ):
+        raise BadInput(
+            f'"shape" must be a list of 1 to {MAX_DIMENSIONS} integers from 0 to '
+            f"{MAX_DIMENSION_SIZE}"
+        )
+    return shape
+
+
 def _flat_to_array(data: Any, size: int, dtype: np.dtype[Any]) -> NDArray[Any] | None:
     """A flat list of ``size`` numbers straight into an array of ``dtype`` (about twice
     as fast as np.array, which first scans the list for nesting); None when ``data``
-    is anything else, so the general path decodes it and words the error."""
+    is anything else, so the general path decodes it and words the error. Values of a
+    type ``dtype`` does not take are refused, never converted."""
     if type(data) is not list or len(data) != size or size == 0:
         return None
+    check_json_values(data, '"data"', dtype)
     try:
         return np.fromiter(data, dtype=dtype, count=size)
     except (ValueError, TypeError, OverflowError):
@@ -117,9 +133,18 @@ def _wants_binary(payload: dict[str, Any]) -> bool:
                 raise BadInput(f"the only output is {OUTPUT_NAME!r}")
             params = output.get("parameters") or {}
             if isinstance(params, dict) and "binary_data" in params:
-                return bool(params["binary_data"])
+                return _flag(params["binary_data"], "binary_data")
     params = payload.get("parameters") or {}
-    return bool(isinstance(params, dict) and params.get("binary_data_output", False))
+    if isinstance(params, dict) and "binary_data_output" in params:
+        return _flag(params["binary_data_output"], "binary_data_output")
+    return False
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A boolean parameter: JSON true or false, nothing truthy ("no" is not true)."""
+    if type(value) is not bool:
+        raise BadInput(f'"{name}" must be true or false')
+    return value
 
 
 def encode_v2_response(

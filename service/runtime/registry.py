@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import UnknownModel
+from ..errors import UnknownModel, echo
 from .manifest import MANIFEST_FILE
 from .session import ModelLoadError, OnnxClassifier
 
@@ -35,7 +35,7 @@ class ModelRegistry:
         try:
             return self._models[name]
         except KeyError:
-            raise UnknownModel(f"unknown model {name!r}") from None
+            raise UnknownModel(f"unknown model {echo(name)}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._models

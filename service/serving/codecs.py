@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import UnknownModel
+from ..errors import UnknownModel, UnsupportedMediaType, echo
 from ..protocol import (
     HEADER_LENGTH,
     V2Request,
@@ -43,6 +43,11 @@ class Codec(Protocol):
 
     name: str
 
+    def check_media_type(self, headers: Mapping[str, str]) -> None:
+        """UnsupportedMediaType unless the request's Content-Type (if any) is one this
+        protocol's bodies are sent as; checked before the body is read."""
+        ...
+
     def decode(
         self,
         body: bytes,
@@ -57,8 +62,27 @@ class Codec(Protocol):
     ) -> Encoded: ...
 
 
+JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
+
+
+def _check_media_type(headers: Mapping[str, str], accepted: tuple[str, ...]) -> None:
+    """No Content-Type (tritonclient.http's geventhttpclient sends none, nor do requests
+    or httpx with raw bytes) or one of ``accepted``, parameters such as charset aside."""
+    value = headers.get("content-type")
+    if value is None:
+        return
+    if value.partition(";")[0].strip().lower() not in accepted:
+        raise UnsupportedMediaType(
+            f"Content-Type {echo(value)} is not accepted here: send {' or '.join(accepted)}"
+        )
+
+
 class V1Codec:
     name = "v1"
+
+    def check_media_type(self, headers: Mapping[str, str]) -> None:
+        _check_media_type(headers, (JSON,))
 
     def decode(
         self,
@@ -82,6 +106,12 @@ class V1Codec:
 class V2Codec:
     name = "v2"
 
+    def check_media_type(self, headers: Mapping[str, str]) -> None:
+        # A JSON body may come as octet-stream: tritonclient.http.aio (aiohttp) labels
+        # every bytes body so. One that carries binary tensor data is not JSON.
+        binary = headers.get(HEADER_LENGTH) is not None
+        _check_media_type(headers, (OCTET_STREAM,) if binary else (JSON, OCTET_STREAM))
+
     def decode(
         self,
         body: bytes,
@@ -91,7 +121,7 @@ class V2Codec:
         max_batch: int,
     ) -> Decoded:
         if version is not None and version != manifest.version:
-            raise UnknownModel(f"model {manifest.name!r} has no version {version!r}")
+            raise UnknownModel(f"model {manifest.name!r} has no version {echo(version)}")
         request = decode_v2_request(
             body, headers.get(HEADER_LENGTH), manifest.input.name, max_batch
         )

@@ -1,6 +1,7 @@
 """One inference pipeline for every protocol (MLServer's ``DataPlane.infer``).
 
-observe -> read the body -> authenticate -> refuse clean outputs -> rate-limit ->
+screen the head (key present and well-formed, Content-Type) -> read the body ->
+observe -> authenticate -> decompress -> refuse clean outputs -> rate-limit ->
 authorize -> decode -> rate-limit rows -> validate -> count (and cap) repeated rows ->
 predict -> encode. Routes and
 the lean ASGI path only turn a request into an `InferenceCall` and the `Encoded`
@@ -10,6 +11,7 @@ one error table (``status_of``), so this module never speaks HTTP.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from ..inference import DefenseContext
 from ..metrics import UNKNOWN, ServiceMetrics
 from ..protocol import decompress
 from ..runtime import OnnxClassifier
+from ..runtime.manifest import ModelManifest
 from ..tenants import PresentedKey, Tenant
 from ..tenants.domain import ALLOW_CLEAN_OUTPUTS_VARIABLE
 from .codecs import Codec, Encoded
@@ -95,11 +98,11 @@ class DataPlane:
         services = self.services
         settings = services.settings
         with RequestObservation(services.metrics, call.codec.name, self.status_of) as seen:
-            body = decompress(
-                call.body, call.headers.get("content-encoding"), settings.max_body_bytes
-            )
             tenant = tenant if tenant is not None else self.authenticate(call)
             seen.tenant = tenant.name
+            body = decompress(  # only once the key is known: nobody else's body is inflated
+                call.body, call.headers.get("content-encoding"), settings.max_body_bytes
+            )
             if tenant.params.releases_clean_outputs and not settings.allow_clean_outputs:
                 raise CleanOutputsRefused(_CLEAN_OUTPUTS_MESSAGE)
             limiter = services.rate_limiter
@@ -152,6 +155,26 @@ class DataPlane:
             raise Forbidden(f"this API key may not use model {model_name!r}")
         return model
 
+    def screen(self, call: InferenceCall) -> None:
+        """Refuse ``call`` on its head alone, before its body is read: a missing or
+        malformed API key (401), then a Content-Type its protocol is not sent as (415).
+        Neither needs the database, so this runs on the event loop; a well-formed key is
+        looked up in `infer`. A refusal is counted as `infer` counts one."""
+        started = time.perf_counter()
+        try:
+            if call.key is None:
+                self.authenticate(call)  # raises: no key, or one no tenant can own
+            call.codec.check_media_type(call.headers)
+        except Exception as exc:
+            self.services.metrics.observe_request(
+                UNKNOWN,
+                UNKNOWN,
+                call.codec.name,
+                self.status_of(exc),
+                time.perf_counter() - started,
+            )
+            raise
+
     def cached_tenant(self, call: InferenceCall, margin_seconds: float) -> Tenant | None:
         """The caller's tenant when ``call`` may run on the event loop, else None.
 
@@ -159,13 +182,15 @@ class DataPlane:
         (fresh for ``margin_seconds`` more), it has no limit of any kind (requests,
         rows or repeated queries: the limiter may write to the database, and a capped
         tenant's refusals are kept off the event loop like the others), micro-batching is
-        off (a batched request waits for others) and the body is small
-        (``inline_max_body_bytes``).
+        off (a batched request waits for others), the body is small
+        (``inline_max_body_bytes``) and so is the work it can ask for: at most
+        ``inline_max_noise_draws`` (rows x ensemble x classes, `noise_draws_bound`).
         """
         services = self.services
-        if call.key is None or len(call.body) > services.settings.inline_max_body_bytes:
+        settings = services.settings
+        if call.key is None or len(call.body) > settings.inline_max_body_bytes:
             return None
-        if services.predictor.batching:
+        if services.predictor.batching or call.model not in services.registry:
             return None
         tenant = services.store.cached(call.key, min_remaining_seconds=margin_seconds)
         if (
@@ -175,7 +200,9 @@ class DataPlane:
             or tenant.repeated_queries_per_minute is not None
         ):
             return None
-        return tenant
+        manifest = services.registry.get(call.model).manifest
+        draws = noise_draws_bound(call, manifest, tenant.params.ensemble_size, settings.max_batch)
+        return tenant if draws <= settings.inline_max_noise_draws else None
 
 
 _CLEAN_OUTPUTS_MESSAGE = (
@@ -183,6 +210,20 @@ _CLEAN_OUTPUTS_MESSAGE = (
     "probabilities (a bijection of them at any temperature); this server refuses them "
     f"unless {ALLOW_CLEAN_OUTPUTS_VARIABLE} is set: ask the operator to raise base_variance"
 )
+
+
+def noise_draws_bound(
+    call: InferenceCall, manifest: ModelManifest, ensemble_size: int, max_batch: int
+) -> int:
+    """An upper bound on the noise draws ``call`` can ask for, rows x ensemble_size x
+    classes, known before its body is decoded: each value of a row takes a byte or
+    more (raw or as JSON), so a plain body holds at most len(body) / values-per-row
+    rows; a compressed one is bounded by the batch limit only."""
+    rows = max_batch
+    encoding = call.headers.get("content-encoding")
+    if not encoding or encoding == "identity":
+        rows = min(rows, len(call.body) // math.prod(manifest.input.sample_shape))
+    return rows * ensemble_size * len(manifest.labels)
 
 
 def _rows(batch: object) -> int:
