@@ -14,7 +14,7 @@ from service.settings import Settings
 
 from .onnx_factory import write_linear_model
 
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-of-32-characters-or-more"
 ROW_TOY = [0.5, -1.0, 2.0, 0.25]  # one input of the `toy` model
 
 

@@ -19,7 +19,7 @@ def live_server(
     *,
     models_dir: Path,
     database_url: str,
-    admin_token: str = "live-admin",
+    admin_token: str = "live-admin-token-of-32-characters-or-more",
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
     timeout: float = 60.0,

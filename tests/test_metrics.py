@@ -146,7 +146,7 @@ def test_a_before_and_after_read_of_the_public_port_no_longer_yields_r(
 
 # --- the metrics listener ---------------------------------------------------------------
 
-TOKEN = "metrics-scrape-token"
+TOKEN = "metrics-scrape-token-of-32-characters-or-more"
 
 
 def _listener(token: str | None = None) -> TestClient:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -15,17 +16,44 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
+from ..api.auth_throttle import with_auth_throttle
+from ..api.http_limits import HttpLimits, protocol_factory
 from ..runtime import ModelLoadError
+from ..serving.services import store_limits
 from ..settings import Settings
-from ..tenants import TenantExists, TenantStore
+from ..tenants import TenantError, TenantExists, TenantStore
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from ..metrics import ServiceMetrics
 
 DEMO_TENANT = "demo"
 DEMO_KEY_FILE = Path("data/demo_api_key")
+MIN_TOKEN_CHARS = 32
+# Values of the shipped examples (.env.example, deploy/k8s/secret.example.yaml) and
+# their kind: a token containing one of these is a placeholder, not a secret.
+_PLACEHOLDER_MARKERS = (
+    "replace",
+    "change-me",
+    "changeme",
+    "change_me",
+    "placeholder",
+    "example",
+    "your-",
+    "your_",
+    "<",
+    ">",
+)
+_MIN_DISTINCT_CHARS = 8
+
+
+class StartupError(Exception):
+    """`dynanoise serve` cannot start; the message is its one line, free of secrets."""
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -67,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return serve(settings)
-    except (ModelLoadError, MetricsListenerError) as exc:
+    except (ModelLoadError, MetricsListenerError, StartupError) as exc:
         print(f"dynanoise: cannot start: {exc}", file=sys.stderr)
         return 2
 
@@ -76,23 +104,21 @@ def serve(settings: Settings) -> int:
     from ..runtime import ModelRegistry
 
     ModelRegistry.load(settings.models_dir)  # fail fast, before any worker starts
-    store = TenantStore(settings.database_url)
-    store.migrate()
-    if settings.create_demo_tenant:
-        ensure_demo_tenant(store)
-    store.close()
+    check_secrets(settings)
+    prepare_store(settings)
     _prepare_multiprocess_metrics(settings.workers)
     app: Any
     metrics: ServiceMetrics | None
     if settings.workers > 1:
         # Worker processes build their own apps; the listener (here, in the
         # supervisor: once, not per worker) aggregates their multiprocess files.
-        app, factory, metrics = "service.app:app_from_env", True, None
+        app, factory, metrics = "service.commands.serve:worker_app", True, None
     else:
         from ..app import create_app
 
-        app, factory = create_app(settings), False
-        metrics = app.state.services.metrics
+        inner = create_app(settings)
+        app, factory = with_auth_throttle(inner, settings), False
+        metrics = inner.state.services.metrics
     listener = metrics_listener(settings, metrics)  # binds: a port in use fails here
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with listener:
@@ -120,18 +146,127 @@ def metrics_listener(
     )
 
 
+def worker_app() -> ASGIApp:
+    """uvicorn factory for worker processes: settings from DYNANOISE_* variables, the
+    app behind the failed-authentication throttle (one per worker)."""
+    from ..app import create_app
+
+    settings = Settings()
+    return with_auth_throttle(create_app(settings), settings)
+
+
 def _run_uvicorn(settings: Settings, app: Any, factory: bool) -> None:
+    trusted_proxies = settings.trusted_proxies.strip()
     uvicorn.run(
         app,
         factory=factory,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        # httptools with the limits uvicorn lacks: head size, head/body deadlines,
+        # idle connections, connections per process (service/api/http_limits.py).
+        http=protocol_factory(http_limits(settings)),
+        timeout_keep_alive=settings.keep_alive_seconds,
+        # X-Forwarded-For is believed from the configured proxies only (never by
+        # default): the client address keys the failed-authentication throttle.
+        proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=trusted_proxies or None,
         log_level=settings.log_level,
         access_log=False,  # request lines carry no bodies, but keep logs free of traffic detail
         server_header=False,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
     )
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    return HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_seconds=settings.header_timeout_seconds,
+        body_timeout_seconds=settings.body_timeout_seconds,
+        keep_alive_seconds=settings.keep_alive_seconds,
+        max_connections=settings.max_connections,
+    )
+
+
+def check_secrets(settings: Settings) -> None:
+    """Refuse a placeholder or short admin or metrics token (StartupError): a token
+    from an example file opens the admin API to anyone who has read the example."""
+    for variable, token in (
+        ("DYNANOISE_ADMIN_TOKEN", settings.admin_token),
+        ("DYNANOISE_METRICS_TOKEN", settings.metrics_token),
+    ):
+        problem = weak_token_problem(token)
+        if problem is not None:
+            raise StartupError(
+                f"{variable} {problem}; generate one with `openssl rand -hex 32` "
+                "(or leave it unset)"
+            )
+
+
+def weak_token_problem(token: SecretStr | None) -> str | None:
+    """Why ``token`` is not a secret (None when it is one, or is unset)."""
+    if token is None or not token.get_secret_value():
+        return None
+    value = token.get_secret_value()
+    lowered = value.lower()
+    if any(marker in lowered for marker in _PLACEHOLDER_MARKERS):
+        return "is a placeholder from an example"
+    if len(value) < MIN_TOKEN_CHARS:
+        return f"has {len(value)} characters, fewer than {MIN_TOKEN_CHARS}"
+    if len(set(value)) < _MIN_DISTINCT_CHARS:
+        return f"has fewer than {_MIN_DISTINCT_CHARS} distinct characters"
+    return None
+
+
+def prepare_store(settings: Settings) -> None:
+    """Open the tenant store, migrate it and (when asked) create the demo tenant, then
+    close it. A store that cannot be opened raises StartupError with one line: the
+    URL with its password masked and the database's own reason."""
+    try:
+        store = TenantStore(settings.database_url, limits=store_limits(settings))
+        try:
+            store.migrate()
+            if settings.create_demo_tenant:
+                ensure_demo_tenant(store)
+        finally:
+            store.close()
+    except (SQLAlchemyError, TenantError, OSError) as exc:
+        raise StartupError(
+            f"tenant store {_masked_url(settings.database_url)}: "
+            f"{_store_reason(exc, _password(settings.database_url))}"
+        ) from None
+
+
+def _masked_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:  # unparsable: show none of it
+        return "(DYNANOISE_DATABASE_URL)"
+
+
+def _password(url: str) -> str | None:
+    try:
+        password = make_url(url).password
+    except SQLAlchemyError:
+        return None
+    return str(password) if password else None
+
+
+def _store_reason(exc: BaseException, password: str | None) -> str:
+    """The innermost useful message of ``exc`` on one line, passwords masked: the
+    driver's own error (e.g. psycopg's) when SQLAlchemy or the store wrapped one."""
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    original = getattr(cause, "orig", None)
+    reason = str(original if original is not None else cause) or type(cause).__name__
+    reason = " ".join(line.strip() for line in reason.splitlines() if line.strip())
+    reason = reason.split(" (Background on this error", 1)[0]
+    reason = _USERINFO.sub(r"\1***@", reason)
+    return reason.replace(password, "***") if password else reason
+
+
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

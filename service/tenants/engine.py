@@ -358,6 +358,11 @@ class _QueuePool(QueuePool):
             raise OperationalError("(pool checkout)", None, exc) from exc
 
 
+# SQLAlchemy names a pool's logger after its class: ours would sit outside the
+# `sqlalchemy` family (quiet by default) and log "Pool disposed" lines at INFO.
+logging.getLogger(f"{__name__}.{_QueuePool.__name__}").setLevel(logging.WARNING)
+
+
 def _postgres_timeouts(url: URL, limits: StoreLimits) -> dict[str, Any]:
     timeout_ms = math.ceil(limits.call_timeout_seconds * 1000)
     options = f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"

@@ -19,7 +19,7 @@ from service.tenants import TenantStore
 from ..live import live_server
 from ..onnx_factory import linear_logits, write_linear_model
 
-ADMIN = "oracle-admin"
+ADMIN = "oracle-admin-token-of-32-characters-or-more"
 N_FEATURES, N_CLASSES = 6, 5
 
 

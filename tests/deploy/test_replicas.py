@@ -15,7 +15,7 @@ import pytest
 from ..live import live_server
 from ..onnx_factory import write_linear_model
 
-ADMIN = "replica-admin"
+ADMIN = "replica-admin-token-of-32-characters-or-more"
 ROW = [0.5, -1.0, 2.0, 0.25]
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from ..onnx_factory import write_linear_model
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
 
-ADMIN = "live-admin"
-METRICS_TOKEN = "interop-metrics"
+ADMIN = "live-admin-token-of-32-characters-or-more"
+METRICS_TOKEN = "interop-metrics-token-of-32-characters"
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ import psutil
 from ..onnx_factory import write_linear_model
 from ..reliability.server import start_server
 
-ADMIN_TOKEN = "load-admin"
+ADMIN_TOKEN = "load-admin-token-of-32-characters-or-more"
 N_FEATURES, N_CLASSES = 64, 10
 TENANT_PARAMS: list[dict[str, Any]] = [
     {"base_variance": 0.3, "temperature": 10.0},

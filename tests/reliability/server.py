@@ -22,7 +22,7 @@ __all__ = [
     "start_server",
 ]
 
-ADMIN_TOKEN = "reliability-admin"
+ADMIN_TOKEN = "reliability-admin-token-of-32-characters-or-more"
 TEST_SETTINGS = {"DYNANOISE_TENANT_CACHE_SECONDS": "0"}
 
 

@@ -28,7 +28,7 @@ from .server import finish_request, running_server, send_request_head, server_en
 
 GRACE_SECONDS = 60.0
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-LIVE_ADMIN = {"Authorization": "Bearer reliability-admin"}
+LIVE_ADMIN = {"Authorization": "Bearer reliability-admin-token-of-32-characters-or-more"}
 PREDICT = "/v1/models/toy/predict"
 BODY = {"instances": [ROW_TOY]}
 

@@ -401,7 +401,7 @@ def test_live_workers_share_one_bucket(tmp_path: Path) -> None:
         database_url=f"sqlite:///{tmp_path / 'tenants.db'}",
         workers=2,
     ) as server:
-        admin = {"Authorization": "Bearer reliability-admin"}
+        admin = {"Authorization": "Bearer reliability-admin-token-of-32-characters-or-more"}
         key = httpx.post(
             f"{server.url}/admin/tenants",
             json={"name": "slow", "rate_limit_per_second": 0.001},

@@ -192,7 +192,7 @@ def test_the_served_app_batches_when_the_setting_is_on(tmp_path: Path) -> None:
             created = httpx.post(
                 f"{url}/admin/tenants",
                 json={"name": name, **params},
-                headers={"Authorization": "Bearer live-admin"},
+                headers={"Authorization": "Bearer live-admin-token-of-32-characters-or-more"},
             )
             assert created.status_code == 201, created.text
             keys[name] = {"Authorization": f"Bearer {created.json()['api_key']}"}

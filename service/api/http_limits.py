@@ -1,0 +1,261 @@
+"""Limits uvicorn's HTTP/1.1 protocol lacks: the size of a request head, how long a
+client may take to send a head or a body, how long a connection may idle, and how many
+connections one process holds.
+
+uvicorn's httptools protocol buffers a head of any size (an unauthenticated client could
+make the server hold hundreds of MB), reads heads and bodies without a deadline
+(slowloris) and arms its keep-alive timer only after a first response, so a connection
+that sends nothing is never closed. `BoundedHttpToolsProtocol` adds those limits; pass
+`protocol_factory(limits)` as uvicorn's ``http``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+__all__ = ["BoundedHttpToolsProtocol", "HttpLimits", "RefusalLog", "protocol_factory"]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """Per-connection limits (see the settings of the same names)."""
+
+    max_header_bytes: int = 16 * 1024
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    keep_alive_seconds: int = 5
+    max_connections: int = 1000
+
+
+class RefusalLog:
+    """One warning per ``interval`` seconds, with a count, for connections refused over
+    the cap: a flood of them must not become a flood of log lines."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._refused = 0
+        self._last_warning: float | None = None
+
+    def refused(self, logger: logging.Logger, cap: int) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if self._last_warning is None or now - self._last_warning >= self.interval:
+            logger.warning(
+                "refused %d connection(s) over DYNANOISE_MAX_CONNECTIONS (%d per process)",
+                self._refused,
+                cap,
+            )
+            self._refused = 0
+            self._last_warning = now
+
+
+def protocol_factory(limits: HttpLimits) -> Any:
+    """What uvicorn's ``http`` option takes: called like a protocol class. A partial of
+    a module-level class, so that it pickles into spawned worker processes (each then
+    has its own refusal log)."""
+    return functools.partial(BoundedHttpToolsProtocol, limits=limits, refusals=RefusalLog())
+
+
+_IDLE, _HEAD, _BODY = "idle", "head", "body"
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a request that is refused."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of `HttpLimits`.
+
+    One deadline per connection, moved as the connection moves on: idle (connected,
+    or between requests: uvicorn's keep-alive timer after a response) -> head (from a
+    request's first byte to its last header) -> body (until the request is complete)
+    -> none while the application answers. Head and body deadlines are armed only
+    when a chunk ends inside them: a request that arrives in one read costs no timer.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: HttpLimits,
+        refusals: RefusalLog | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.limits = limits
+        self._refusals = refusals if refusals is not None else RefusalLog()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline_phase: str | None = None
+        self._phase_started = 0.0
+        self._head_open = False
+        self._body_open = False
+        self._head_bytes = 0  # url and complete headers of the open head, exactly
+        self._head_received = 0  # bytes of chunks that arrived inside the open head
+        self._refused: tuple[int, bytes] | None = None
+
+    # Connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refusals.refused(self.logger, self.limits.max_connections)
+            self._refuse(503, b"too many connections")
+            return
+        self._arm(_IDLE, self.limits.keep_alive_seconds, self._idle_expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused is not None:
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refused is not None:
+                status, message = self._refused
+                self._refused = None
+                self._refuse(status, message)
+                return
+            self.logger.debug("Invalid HTTP request received.")
+            self._disarm()
+            self.send_400_response("Invalid HTTP request received.")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._head_open:
+            # The head is still open: it holds all of this chunk (when a pipelined head
+            # began inside it, the previous request's tail too: an over-count, never
+            # an under-count). Checked per chunk, so the parser never buffers more
+            # than the limit and one chunk of a head that streams without end.
+            self._head_received += len(data)
+            if self._head_received > self.limits.max_header_bytes:
+                self._refuse(431, b"request header fields too large")
+            elif self._deadline_phase != _HEAD:
+                self._arm(
+                    _HEAD, self._remaining(self.limits.header_timeout_seconds), self._head_expired
+                )
+        elif self._body_open and self._deadline_phase != _BODY:
+            self._arm(_BODY, self._remaining(self.limits.body_timeout_seconds), self._body_expired)
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        self._head_bytes = self._head_received = 0
+        self._phase_started = self.loop.time()
+        self._disarm()  # the idle deadline
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._stop(414, b"request target too long")
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Exact accounting of complete headers: a chunk may end a head and carry a body.
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._stop(431, b"request header fields too large")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._body_open = True
+        self._phase_started = self.loop.time()
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._body_open = False
+        self._disarm()
+        super().on_message_complete()
+
+    # Timers
+
+    def _remaining(self, seconds: float) -> float:
+        """What is left of a phase's ``seconds`` since it started."""
+        return max(0.0, self._phase_started + seconds - self.loop.time())
+
+    def _arm(self, phase: str, seconds: float, callback: Any) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, callback)
+        self._deadline_phase = phase
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+            self._deadline_phase = None
+
+    def _idle_expired(self) -> None:
+        self._deadline = self._deadline_phase = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _head_expired(self) -> None:
+        self._deadline = self._deadline_phase = None
+        self.logger.debug("closing a connection: request head not received in time")
+        self._refuse(408, b"request head not received in time")
+
+    def _body_expired(self) -> None:
+        self._deadline = self._deadline_phase = None
+        cycle = self.cycle
+        if cycle is None or not self._body_open or self.transport.is_closing():
+            return
+        if cycle.waiting_for_100_continue or self.flow.read_paused:
+            # The server, not the client, is holding the body back: the application has
+            # not asked for it yet (no `100 Continue` sent) or has not consumed it.
+            self._arm(_BODY, self.limits.body_timeout_seconds, self._body_expired)
+            return
+        self.logger.debug("closing a connection: request body not received in time")
+        if cycle.response_started:
+            self.transport.close()
+        else:
+            # The application waits in `receive`; the connection's loss answers it.
+            self._refuse(408, b"request body not received in time")
+
+    # Answers
+
+    def _stop(self, status: int, message: bytes) -> None:
+        """From a parser callback: abandon the request with ``status``."""
+        self._refused = (status, message)
+        raise _Refused(message.decode())
+
+    def _refuse(self, status: int, message: bytes) -> None:
+        """Answer ``status`` with ``message`` and close the connection."""
+        self._disarm()
+        self._refused = (status, message)
+        if self.transport.is_closing():
+            return
+        self.transport.write(
+            b"".join(
+                [
+                    STATUS_LINE[status],
+                    b"content-type: text/plain; charset=utf-8\r\n",
+                    b"content-length: " + str(len(message)).encode() + b"\r\n",
+                    b"connection: close\r\n\r\n",
+                    message,
+                ]
+            )
+        )
+        self.transport.close()
