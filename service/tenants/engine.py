@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +27,6 @@ from service.tenants.domain import StoreUnavailable
 # Execution option marking connections that will write (see `for_writes`).
 _WRITE_OPTION = "dynanoise_writes"
 _T = TypeVar("_T")
-_SQLITE_HEADER = b"SQLite format 3\x00"
 # How much longer than the database's own timeouts a caller waits: a statement that
 # the database ends (a lock wait, a slow query) then fails cleanly, rolled back, and
 # only a database that answers nothing at all is given up on from this side.
@@ -293,13 +292,17 @@ class DatabaseFile:
         if now != opened:
             return f"database file {self.path} was replaced while in use"
         if read_header:
+            # Through SQLite, never open()/close() on the file: closing any descriptor
+            # of the file drops every POSIX lock this process holds on it, so another
+            # process would checkpoint and delete the WAL under our open connections
+            # and their later writes would go nowhere. SQLite keeps its descriptors
+            # open while other connections of the process use the file; a fresh
+            # connection reads the header from disk.
             try:
-                with self.path.open("rb") as file:
-                    header = file.read(len(_SQLITE_HEADER))
-            except OSError as exc:
-                return f"database file {self.path} cannot be read: {exc.strerror}"
-            if header != _SQLITE_HEADER:
-                return f"database file {self.path} is not a SQLite database any more"
+                with closing(sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True)) as db:
+                    db.execute("PRAGMA schema_version").fetchone()
+            except sqlite3.DatabaseError as exc:
+                return f"database file {self.path} cannot be read as SQLite: {exc}"
         return None
 
     def watch(self, engine: Engine) -> None:
@@ -315,10 +318,11 @@ class DatabaseFile:
             if not opened:
                 return
             problem = self.problem()
-            if problem is not None:
+            if problem is not None:  # a missing file is refused here, never recreated
                 raise sqlite3.OperationalError(problem)
-            cargs[:] = [f"{self.path.as_uri()}?mode=rw"]
-            cparams["uri"] = True
+            # Not reopened as a `file:...?mode=rw` URI: a connection opened that way
+            # beside plain ones lost sight of other processes' WAL (their writes were
+            # invisible to it after another process closed its last connection).
 
         @event.listens_for(engine, "connect")
         def _remember_identity(_dbapi_connection: Any, _record: Any) -> None:
