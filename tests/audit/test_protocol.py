@@ -71,7 +71,12 @@ def test_run_reports_every_defense_protocol_and_the_results_contract(
     )
     assert evaluation["non_member_pairs"] == evaluation["member_pairs"]
     noisy = {row["defense"] for row in results["query_budget"]}
-    assert noisy == {"static_gaussian", "dynanoise_fresh", "dynanoise_keyed"}
+    assert noisy == {
+        "static_gaussian",
+        "dynanoise_fresh",
+        "dynanoise_keyed",
+        "dynanoise_keyed_logits",
+    }
     assert all(row["queries"] in (1, 4) for row in results["query_budget"])
     fpr, tpr = overfit_audit.rocs["paper"]["no_defense"]["conf"]
     assert fpr[0] == 0.0 and fpr[-1] == 1.0 and tpr[-1] == 1.0
