@@ -16,8 +16,8 @@ help:
 	@echo "make fuzz    schemathesis against the OpenAPI schema (200 examples per operation)"
 	@echo "make load    60 s load test, 64 clients, several keyed tenants"
 	@echo "make audit   privacy audit of the digits model (report in reports/digits)"
-	@echo "make bench   benchmarks: python -m bench, results in bench/README.md (BENCH_ARGS=--quick:"
-	@echo "             reports/bench-quick); make bench-venv: BentoML for the peer comparison"
+	@echo "make bench   benchmarks: python -m bench, results in reports/bench-<UTC time> (BENCH_ARGS=--out bench:"
+	@echo "             the committed bench/README.md; --quick: reports/bench-quick); make bench-venv: BentoML peer"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -10,13 +10,15 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from . import __version__
-from .api import admin, v1, v2
+from .api import admin, repository, v1, v2
+from .api.docs import install_docs
 from .api.errors import install_error_handlers
 from .api.fastpath import FastInferenceRoutes
 from .api.inference import inference_router
 from .api.middleware import GuardMiddleware
 from .api.status import status_code_of
 from .metrics import UNKNOWN
+from .runtime.registry import RepositoryPoller
 from .serving import DataPlane, Services, build_services
 from .settings import Settings
 
@@ -68,7 +70,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         logger.info("serving models %s", ", ".join(services.registry.names()))
+        poller = None
+        if settings.model_poll_seconds > 0:  # every worker follows the models directory
+            poller = RepositoryPoller(services.registry, settings.model_poll_seconds)
+            poller.start()
         yield
+        if poller is not None:
+            poller.stop()
         services.store.close()
 
     app = _ServiceApp(
@@ -76,7 +84,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # /docs and /redoc with local assets: install_docs
         redoc_url=None,
         redirect_slashes=False,  # a redirect would be built from the request's own Host
         # FastAPI's own OpenTelemetry hooks look for providers on every request
@@ -87,9 +95,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.state.services = services
     app.state.dataplane = DataPlane(services, status_of=status_code_of)
     install_error_handlers(app)
+    install_docs(app)
     # No /metrics here: the metrics reveal per-query detail, so they are served on a
     # listener of their own (service.api.metrics_listener), never on the public port.
-    for router in (inference_router(), v1.router, v2.router, admin.router):
+    for router in (inference_router(), v1.router, v2.router, admin.router, repository.router):
         app.include_router(router)
     return app
 

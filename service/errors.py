@@ -88,3 +88,13 @@ class ServiceUnavailable(DynanoiseError):
 
 class DefenseFailure(DynanoiseError):
     """The defense could not produce a valid answer: refuse rather than leak or send NaN."""
+
+
+class InvalidModel(DynanoiseError):
+    """A model directory cannot be served (bad manifest, unloadable or inconsistent
+    ONNX file); the message is the one-line reason."""
+
+
+class RepositoryUnwritable(DynanoiseError):
+    """The model repository cannot be changed (its directory is read-only), so other
+    processes could not follow a load or unload."""

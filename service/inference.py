@@ -88,7 +88,7 @@ class Predictor:
         )
         self._batching_delay_s = batching_max_delay_ms / 1000.0
         self._batching_max_batch = batching_max_batch
-        self._batchers: dict[str, AdaptiveBatcher] = {}
+        self._batchers: dict[tuple[str, int], AdaptiveBatcher] = {}
         self._lock = threading.Lock()
 
     @property
@@ -138,17 +138,20 @@ class Predictor:
         """The model's batcher when batching is on (created on first use)."""
         if not self.batching:
             return None
-        batcher = self._batchers.get(model.model_id)
+        # Keyed by the loaded object, not its id: a model reloaded under the same
+        # name@version (the repository API) gets a batcher of its own session.
+        key = (model.model_id, id(model))
+        batcher = self._batchers.get(key)
         if batcher is None:
             with self._lock:
-                batcher = self._batchers.get(model.model_id)
+                batcher = self._batchers.get(key)
                 if batcher is None:
                     batcher = AdaptiveBatcher(
                         model.logits,
                         max_delay_s=self._batching_delay_s,
                         max_batch=self._batching_max_batch,
                     )
-                    self._batchers[model.model_id] = batcher
+                    self._batchers[key] = batcher
         return batcher
 
     def _logits(self, model: OnnxClassifier, batch: NDArray[np.generic]) -> NDArray[Any]:

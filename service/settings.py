@@ -218,6 +218,24 @@ class Settings(BaseSettings):
         "ensemble_size x classes with rows bounded by its body, are at most this many; "
         "costlier ones go to the thread pool.",
     )
+    # Model repository (issue 15): every process follows the models directory.
+    model_poll_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="Every worker re-reads the models directory this often and loads new "
+        "or changed models, unloads removed ones and those marked `disabled` (by "
+        "POST /v2/repository/models/{m}/unload); 0: off (then a repository load or "
+        "unload changes only the worker that answered it).",
+    )
+
+    # Demo tenant's key file (issue 15): beside the store it belongs to.
+    demo_key_file: Path | None = Field(
+        default=None,
+        description="Where `serve` writes the demo tenant's key on first start and "
+        "`dynanoise tenants rotate-key demo` refreshes it. Unset: `demo_api_key` in the "
+        "directory of a SQLite database file (data/demo_api_key by default); no file for "
+        "other databases (the key is printed once).",
+    )
 
     @field_validator("metrics_host", "metrics_token", mode="before")
     @classmethod

@@ -34,7 +34,10 @@ def test_the_commands_are_exactly_the_public_ones() -> None:
 
 
 def test_a_command_that_fails_to_import_is_an_error_not_a_missing_command() -> None:
-    broken = "import sys; sys.modules['service.commands.train'] = None; import service.cli"
+    broken = (
+        "import sys; sys.modules['service.commands.train'] = None; import service.cli; "
+        "service.cli.main(['train', '--help'])"
+    )
     result = subprocess.run(
         [sys.executable, "-c", broken], capture_output=True, text=True, timeout=120
     )
@@ -60,12 +63,16 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out.out, out.err
 
 
-def test_tenant_lifecycle(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tenant_lifecycle(
+    db_url: str, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = _run(
         capsys,
         "tenants",
         "--database-url",
         db_url,
+        "--models-dir",
+        str(models_dir),
         "add",
         "clinic",
         "--noise-mode",
@@ -73,7 +80,7 @@ def test_tenant_lifecycle(db_url: str, capsys: pytest.CaptureFixture[str]) -> No
         "--base-variance",
         "0.5",
         "--allowed-models",
-        "digits,mnist5k",
+        "toy,wide",
     )
     assert code == 0
     key = out.strip().splitlines()[-1]
@@ -83,7 +90,7 @@ def test_tenant_lifecycle(db_url: str, capsys: pytest.CaptureFixture[str]) -> No
     tenant = store.authenticate(key)
     assert tenant is not None and tenant.name == "clinic"
     assert tenant.params.base_variance == 0.5 and tenant.params.noise_mode == "keyed"
-    assert tenant.allows("digits") and not tenant.allows("other")
+    assert tenant.allows("toy") and not tenant.allows("other")
 
     code, out, _ = _run(capsys, "tenants", "--database-url", db_url, "list", "--json")
     listed = json.loads(out)
@@ -191,3 +198,55 @@ def test_serve_refuses_a_broken_models_dir(
     )
     assert code == 2
     assert "cannot start" in err and "bad" in err
+
+
+@pytest.mark.parametrize("action", ["add", "update"])
+def test_allowed_models_must_be_models_of_the_models_dir(
+    db_url: str, models_dir: Path, action: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: `tenants update demo --allowed-models nosuchmodel` succeeded; the admin
+    API refuses the same."""
+    tenants = ("tenants", "--database-url", db_url, "--models-dir", str(models_dir))
+    assert _run(capsys, *tenants, "add", "acme")[0] == 0
+    name = "acme" if action == "update" else "other"
+    code, _, err = _run(capsys, *tenants, action, name, "--allowed-models", "toy,nosuchmodel")
+    assert code == 1 and "unknown models in allowed_models: ['nosuchmodel']" in err
+    assert [t.name for t in TenantStore(db_url).list()] == ["acme"]
+    assert TenantStore(db_url).get("acme").allowed_models is None
+    assert _run(capsys, *tenants, action, name, "--allowed-models", "toy")[0] == 0
+
+
+def test_the_demo_key_file_is_beside_its_sqlite_store(tmp_path: Path) -> None:
+    from service.commands.serve import demo_key_path
+    from service.settings import Settings
+
+    first = Settings(database_url=f"sqlite:///{tmp_path / 'a' / 'db.sqlite'}")
+    second = Settings(database_url=f"sqlite:///{tmp_path / 'b' / 'db.sqlite'}")
+    assert demo_key_path(first) == tmp_path / "a" / "demo_api_key"
+    assert demo_key_path(second) == tmp_path / "b" / "demo_api_key"
+    assert demo_key_path(Settings(database_url="sqlite:///./data/dynanoise.db")) == Path(
+        "data/demo_api_key"
+    )
+    assert demo_key_path(Settings(database_url="postgresql+psycopg://u:p@db/x")) is None
+    assert demo_key_path(Settings(database_url="sqlite://")) is None
+    chosen = tmp_path / "keys" / "demo"
+    assert demo_key_path(Settings(demo_key_file=chosen)) == chosen
+
+
+def test_rotating_the_demo_key_refreshes_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'store' / 'db.sqlite'}"
+    (tmp_path / "store").mkdir()
+    store = TenantStore(db_url)
+    store.migrate()
+    key_file = tmp_path / "store" / "demo_api_key"
+    first = ensure_demo_tenant(store, key_file)
+    store.close()
+    code, out, _ = _run(capsys, "tenants", "--database-url", db_url, "rotate-key", "demo")
+    rotated = out.strip().splitlines()[-2]
+    assert code == 0 and rotated != first and rotated.startswith("dn_")
+    assert key_file.read_text().strip() == rotated
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert _run(capsys, "tenants", "--database-url", db_url, "remove", "demo")[0] == 0
+    assert not key_file.exists()

@@ -1,17 +1,28 @@
 """The benchmark's command line: ``python -m bench`` (and ``dynanoise bench``, which
-delegates here from a source checkout). Writes results.json, README.md and plots:
-a full run into bench/ (the committed results), ``--quick`` into reports/bench-quick/
-unless ``--out`` says otherwise."""
+delegates here from a source checkout). Writes results.json, README.md and plots into
+a scratch directory, reports/bench-<UTC time> (``--quick``: reports/bench-quick/),
+unless ``--out`` names another; ``--out bench`` replaces the committed results, which
+a ``--quick`` run never does. What a run needs beyond the serving install (matplotlib
+for the plots, wrk for the load sections) is checked before anything runs."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import QUICK_DIR, RESULTS_DIR, SECTIONS
+
+COMMITTED_DIR = Path(__file__).resolve().parents[1]
+"""bench/ of the checkout: the committed results, whatever the working directory."""
+SCRATCH_ROOT = Path("reports")
+LOAD_SECTIONS = frozenset({"service", "binary", "batching", "baselines", "memory"})
+"""Sections that drive a server with wrk."""
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -27,8 +38,8 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        help=f"output directory (default: {RESULTS_DIR}, the committed results; "
-        f"with --quick: {QUICK_DIR})",
+        help=f"output directory (default: {SCRATCH_ROOT}/bench-<UTC time>; with --quick: "
+        f"{QUICK_DIR}); --out {RESULTS_DIR} replaces the committed results (not with --quick)",
     )
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="shipped models")
     p.add_argument("--model", help="model directory under --models-dir (default: models/DEFAULT)")
@@ -54,17 +65,27 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench") -> in
 
 
 def run(args: argparse.Namespace, *, prog: str, command: str) -> int:
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        print(f"{prog}: unknown sections {sorted(unknown)}", file=sys.stderr)
+        return 2
+    if args.quick and args.out is not None and is_committed(args.out):
+        print(
+            f"{prog}: --quick never writes over the committed results in {args.out}",
+            file=sys.stderr,
+        )
+        return 2
+    missing = missing_requirements(args.sections, plots=not args.no_plots)
+    if missing:
+        print(f"{prog}: missing {'; '.join(missing)}", file=sys.stderr)
+        return 2
     from .config import BenchConfig
     from .launcher import ServerError
     from .load import LoadError
     from .runner import run_bench
 
-    unknown = set(args.sections) - set(SECTIONS)
-    if unknown:
-        print(f"{prog}: unknown sections {sorted(unknown)}", file=sys.stderr)
-        return 2
     preset = BenchConfig.quick if args.quick else BenchConfig.full
-    changes: dict[str, object] = {} if args.out is None else {"out_dir": args.out}
+    changes: dict[str, object] = {"out_dir": out_dir(args.out, quick=args.quick)}
     config = preset(
         models_dir=args.models_dir,
         model=args.model,
@@ -83,4 +104,35 @@ def run(args: argparse.Namespace, *, prog: str, command: str) -> int:
     for key, value in results["summary"].items():
         if key != "targets_met":
             print(f"  {key}: {'not measured' if value is None else f'{value:.3g}'}")
+    if not is_committed(config.out_dir):
+        print(f"results in {config.out_dir} (--out {RESULTS_DIR} to replace the committed ones)")
     return 0
+
+
+def out_dir(out: Path | None, *, quick: bool, now: datetime | None = None) -> Path:
+    """Where a run writes: ``out``, else a scratch directory, never the committed bench/."""
+    if out is not None:
+        return out
+    if quick:
+        return QUICK_DIR
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return SCRATCH_ROOT / f"bench-{stamp}"
+
+
+def is_committed(path: Path) -> bool:
+    """Whether ``path`` is the checkout's bench/ (the committed results)."""
+    return path.resolve() == COMMITTED_DIR
+
+
+def missing_requirements(sections: Sequence[str], *, plots: bool) -> list[str]:
+    """What the run of ``sections`` needs and this machine lacks, one phrase each."""
+    missing = []
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        missing.append("matplotlib for the plots (pip install -e '.[audit]', or --no-plots)")
+    load = sorted(LOAD_SECTIONS & set(sections))
+    if load and shutil.which("wrk") is None:
+        missing.append(
+            f"wrk for the sections {','.join(load)} (Debian: apt-get install -y wrk; "
+            "or --sections defense)"
+        )
+    return missing

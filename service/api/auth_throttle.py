@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import RateLimited
 from ..settings import Settings
-from .status import error_response
+from .status import error_response, route_path
 
 __all__ = ["AuthFailureThrottle", "AuthThrottleMiddleware", "with_auth_throttle"]
 
@@ -107,7 +107,7 @@ class AuthThrottleMiddleware:
             refused = RateLimited(
                 "too many failed authentications from this address; retry later", wait
             )
-            await error_response(refused)(scope, receive, send)
+            await error_response(refused, route_path(scope))(scope, receive, send)
             return
 
         async def send_counting_failures(message: Message) -> None:

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .inference import match, serve
+from .status import route_path
 
 
 class FastInferenceRoutes:
@@ -26,17 +27,10 @@ class FastInferenceRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            found = match(_route_path(scope))
+            found = match(route_path(scope))
             if found is not None:
                 request = Request(scope, receive)
                 response = await serve(request, *found)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-def _route_path(scope: Scope) -> str:
-    """The path below the app's root_path (as Starlette's router matches it)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path

@@ -28,6 +28,7 @@ from ..serving import CODECS, Codec, DataPlane, InferenceCall
 from .deps import bearer
 from .schemas import (
     ERROR_RESPONSES,
+    V2_ERROR_RESPONSES,
     V1PredictRequest,
     V1PredictResponse,
     V2InferenceRequest,
@@ -89,7 +90,7 @@ _V1_DOCS = {
 }
 _V2_DOCS = {
     "response_model": V2InferenceResponse,
-    "responses": ERROR_RESPONSES,
+    "responses": V2_ERROR_RESPONSES,
     "summary": "Defended inference",
     "description": (
         "Open Inference Protocol v2 infer. Output tensor `probabilities` (FP32, [batch, classes]) "
@@ -139,7 +140,7 @@ async def serve(request: Request, route: InferenceRoute, params: Mapping[str, st
         )
         plane.screen(head)
     except Exception as exc:
-        return error_response(exc)
+        return error_response(exc, route.path)
     try:
         body = await request.body()  # the guard's size limit raises through here
     except ClientDisconnect:
@@ -154,7 +155,7 @@ async def serve(request: Request, route: InferenceRoute, params: Mapping[str, st
         else:
             encoded = await run_in_threadpool(plane.infer, call)
     except Exception as exc:
-        return error_response(exc)
+        return error_response(exc, route.path)
     return Response(
         encoded.content,
         media_type=encoded.media_type,

@@ -10,7 +10,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLarge
-from .status import ErrorStatus, error_body, status_for
+from .status import ErrorStatus, error_body, error_headers, is_v2_path, route_path, status_for
 
 Rejected = Callable[[str, int, float], None]
 """Told of every request the guard answers itself: (path, status, seconds)."""
@@ -97,7 +97,7 @@ class GuardMiddleware:
 
     async def _reject(self, scope: Scope, send: Send, started_at: float) -> None:
         status = self._status()
-        body = error_body(status)
+        body = error_body(status, v2=is_v2_path(route_path(scope)))
         self._rejected(scope, started_at)
         await send(
             {
@@ -107,6 +107,7 @@ class GuardMiddleware:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
+                    *((k.lower().encode(), v.encode()) for k, v in error_headers(status).items()),
                     *SECURITY_HEADERS,
                 ],
             }

@@ -87,22 +87,37 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class V2ErrorResponse(BaseModel):
+    """The Open Inference Protocol's error body; the code is in X-Dynanoise-Error-Code."""
+
+    error: str
+
+
+_ERROR_DESCRIPTIONS: dict[int | str, str] = {
+    400: "Malformed body (not JSON, bad encoding).",
+    401: "Missing or invalid API key.",
+    403: "The key may not use this model, or its tenant adds no noise (base_variance 0 "
+    "without DYNANOISE_ALLOW_CLEAN_OUTPUTS).",
+    404: "Unknown model.",
+    409: "The tenant's output mode (calibrated_label, coarse) needs a calibration "
+    "block in the model's manifest, and this model has none.",
+    413: "Body over DYNANOISE_MAX_BODY_BYTES.",
+    422: "Wrong shape or dtype, non-finite values, empty batch or batch over DYNANOISE_MAX_BATCH.",
+    429: "Rate limit of requests or of input rows exceeded (see Retry-After).",
+    503: "Tenant store unavailable.",
+}
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        400: "Malformed body (not JSON, bad encoding).",
-        401: "Missing or invalid API key.",
-        403: "The key may not use this model, or its tenant adds no noise (base_variance 0 "
-        "without DYNANOISE_ALLOW_CLEAN_OUTPUTS).",
-        404: "Unknown model.",
-        409: "The tenant's output mode (calibrated_label, coarse) needs a calibration "
-        "block in the model's manifest, and this model has none.",
-        413: "Body over DYNANOISE_MAX_BODY_BYTES.",
-        422: "Wrong shape or dtype, non-finite values, empty batch or batch over DYNANOISE_MAX_BATCH.",
-        429: "Rate limit of requests or of input rows exceeded (see Retry-After).",
-        503: "Tenant store unavailable.",
-    }.items()
+    for status, description in _ERROR_DESCRIPTIONS.items()
 }
+"""Error responses of v1 and /admin: {"error": {"code", "message"}}."""
+
+V2_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2ErrorResponse, "description": description}
+    for status, description in _ERROR_DESCRIPTIONS.items()
+}
+"""Error responses of /v2 routes: {"error": "<message>"} (the protocol's shape)."""
 
 # ---------------------------------------------------------------- v2
 

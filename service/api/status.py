@@ -5,6 +5,11 @@ handlers, the lean inference routes, the guard middleware and the request
 metrics, so a response and its metric never disagree. The most specific class
 in an exception's MRO wins; anything unknown is a 500 (a bug, logged by type
 only, never with request data).
+
+Bodies follow the protocol of the route: under /v2 the Open Inference Protocol's
+``{"error": "<message>"}`` (what stock clients such as tritonclient print), elsewhere
+``{"error": {"code", "message"}}``. Every error also carries its code in the
+``X-Dynanoise-Error-Code`` header, so a client reads it the same way on both.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import orjson
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import Scope
 
 from ..defense import InvalidParameters
 from ..errors import (
@@ -26,11 +32,13 @@ from ..errors import (
     DefenseFailure,
     DynanoiseError,
     Forbidden,
+    InvalidModel,
     MalformedBody,
     NotFound,
     OutputModeUnavailable,
     PayloadTooLarge,
     RateLimited,
+    RepositoryUnwritable,
     ServiceUnavailable,
     Unauthorized,
     UnknownModel,
@@ -78,6 +86,8 @@ _TABLE: dict[type[BaseException], tuple[int, str]] = {
     TenantExists: (409, "conflict"),
     StoreUnavailable: (503, "unavailable"),
     CorruptTenant: (500, "internal_error"),
+    InvalidModel: (422, "invalid_model"),
+    RepositoryUnwritable: (409, "repository_unwritable"),
     RequestValidationError: (422, "invalid_request"),
 }
 ANSWERED = (*_TABLE, HTTPException)
@@ -152,19 +162,46 @@ def status_code_of(exc: BaseException | None) -> int:
     return OK if exc is None else status_for(exc).status
 
 
-def error_body(status: ErrorStatus) -> bytes:
+ERROR_CODE_HEADER = "X-Dynanoise-Error-Code"
+"""The machine-readable code of every error answer (the v2 body has room for none)."""
+
+_V2_PREFIX = "/v2"
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path below the app's root_path (as Starlette's router matches it)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def is_v2_path(path: str) -> bool:
+    """Whether ``path`` (relative to the app's root) is an Open Inference Protocol route."""
+    return path == _V2_PREFIX or path.startswith(_V2_PREFIX + "/")
+
+
+def error_body(status: ErrorStatus, *, v2: bool = False) -> bytes:
+    """``{"error": "<message>"}`` for v2 (the protocol's shape), else with the code."""
+    if v2:
+        return orjson.dumps({"error": status.message})
     return orjson.dumps({"error": {"code": status.code, "message": status.message}})
 
 
-def error_response(exc: BaseException) -> Response:
-    """The JSON answer to ``exc``. A 500 (a bug or a store fault) is logged with its
-    traceback (never request data); a 503 is an expected outage and is not."""
+def error_headers(status: ErrorStatus) -> dict[str, str]:
+    """The headers of an error answer: the table's (Retry-After) and the code."""
+    return {**(status.headers or {}), ERROR_CODE_HEADER: status.code}
+
+
+def error_response(exc: BaseException, path: str = "") -> Response:
+    """The JSON answer to ``exc`` on a request for ``path`` (relative to the app's
+    root; its prefix picks the body's shape). A 500 (a bug or a store fault) is logged
+    with its traceback (never request data); a 503 is an expected outage and is not."""
     status = status_for(exc)
     if status.status == INTERNAL_ERROR:
         logger.error("%s answered %d", type(exc).__name__, status.status, exc_info=exc)
     return Response(
-        error_body(status),
+        error_body(status, v2=is_v2_path(path)),
         status_code=status.status,
-        headers=dict(status.headers) if status.headers else None,
+        headers=error_headers(status),
         media_type="application/json",
     )

@@ -11,7 +11,7 @@ from ..errors import ServiceUnavailable
 from ..protocol import MANIFEST_TO_V2, OUTPUT_NAME
 from ..serving import Services
 from .deps import get_services
-from .schemas import ERROR_RESPONSES, V2ModelMetadata, V2ServerMetadata, V2TensorMetadata
+from .schemas import V2_ERROR_RESPONSES, V2ModelMetadata, V2ServerMetadata, V2TensorMetadata
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 
@@ -34,7 +34,7 @@ async def live() -> dict[str, bool]:
 @router.get(
     "/health/ready",
     summary="Readiness: models loaded and tenant store reachable",
-    responses={503: ERROR_RESPONSES[503]},
+    responses={503: V2_ERROR_RESPONSES[503]},
 )
 def ready(services: Services = Depends(get_services)) -> dict[str, bool]:
     if not services.store.ping():
@@ -43,7 +43,7 @@ def ready(services: Services = Depends(get_services)) -> dict[str, bool]:
 
 
 @router.get(
-    "/models/{model}", response_model=V2ModelMetadata, responses={404: ERROR_RESPONSES[404]}
+    "/models/{model}", response_model=V2ModelMetadata, responses={404: V2_ERROR_RESPONSES[404]}
 )
 def model_metadata(
     model: str = MODEL_PATH, services: Services = Depends(get_services)
@@ -63,7 +63,7 @@ def model_metadata(
     )
 
 
-@router.get("/models/{model}/ready", responses={404: ERROR_RESPONSES[404]})
+@router.get("/models/{model}/ready", responses={404: V2_ERROR_RESPONSES[404]})
 def model_ready(
     model: str = MODEL_PATH, services: Services = Depends(get_services)
 ) -> dict[str, bool]:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..metrics import ServiceMetrics
 
 DEMO_TENANT = "demo"
-DEMO_KEY_FILE = Path("data/demo_api_key")
+DEMO_KEY_NAME = "demo_api_key"
 MIN_TOKEN_CHARS = 32
 # Values of the shipped examples (.env.example, deploy/k8s/secret.example.yaml) and
 # their kind: a token containing one of these is a placeholder, not a secret.
@@ -227,7 +227,7 @@ def prepare_store(settings: Settings) -> None:
         try:
             store.migrate()
             if settings.create_demo_tenant:
-                ensure_demo_tenant(store)
+                ensure_demo_tenant(store, demo_key_path(settings))
         finally:
             store.close()
     except (SQLAlchemyError, TenantError, OSError) as exc:
@@ -276,11 +276,37 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def ensure_demo_tenant(store: TenantStore, key_file: Path = DEMO_KEY_FILE) -> str | None:
+def demo_key_path(settings: Settings, database_url: str | None = None) -> Path | None:
+    """Where the demo tenant's key of the store at ``database_url`` (default: the
+    settings') is kept: DYNANOISE_DEMO_KEY_FILE, else `demo_api_key` beside a SQLite
+    database file, so servers of different stores never share one; None (no file) for
+    other databases and in-memory SQLite."""
+    if settings.demo_key_file is not None:
+        return settings.demo_key_file
+    try:
+        url = make_url(database_url or settings.database_url)
+    except SQLAlchemyError:
+        return None
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database).parent / DEMO_KEY_NAME
+
+
+def write_demo_key(key_file: Path, key: str) -> None:
+    """Write ``key`` to ``key_file``, readable by its owner only (mode 0600)."""
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.touch(mode=0o600)
+    key_file.chmod(0o600)
+    key_file.write_text(key + "\n")
+
+
+def ensure_demo_tenant(store: TenantStore, key_file: Path | None) -> str | None:
     """On a database with no tenants, create `demo` and print its key once.
 
-    The key is also written to ``key_file`` (mode 0600) so that the README's curl
-    example works right after `make serve`; delete the demo tenant in production.
+    The key is also written to ``key_file`` (`demo_key_path`; mode 0600) so that the
+    README's curl example works right after `make serve`; delete the demo tenant in
+    production. `dynanoise tenants rotate-key demo` refreshes the file.
     """
     if not store.is_empty():
         return None
@@ -288,13 +314,11 @@ def ensure_demo_tenant(store: TenantStore, key_file: Path = DEMO_KEY_FILE) -> st
         _, key = store.create(DEMO_TENANT)
     except TenantExists:  # another replica won the race
         return None
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.touch(mode=0o600)
-    key_file.write_text(key + "\n")
-    print(
-        f"Created tenant '{DEMO_TENANT}'. Its API key (shown once, also in {key_file}):\n  {key}",
-        flush=True,
-    )
+    where = ""
+    if key_file is not None:
+        write_demo_key(key_file, key)
+        where = f", also in {key_file}"
+    print(f"Created tenant '{DEMO_TENANT}'. Its API key (shown once{where}):\n  {key}", flush=True)
     return key
 
 

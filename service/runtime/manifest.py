@@ -3,6 +3,8 @@ and, optionally, the held-out answer tables of the lossy output modes."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,9 @@ from ..defense.calibrated import OutputCalibration
 
 MANIFEST_FILE = "manifest.json"
 
+_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
+_NUMBER_LIST = re.compile(rf"\[\s*({_NUMBER}(?:\s*,\s*{_NUMBER})*)\s*\]")
+
 # Tensor dtypes a manifest may declare, with their Open Inference Protocol names.
 DTYPES: dict[str, str] = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "int32": "INT32"}
 
@@ -35,6 +40,12 @@ class TensorSpec(BaseModel):
     name: str
     shape: list[int] = Field(description="Batch dimension first, as -1.")
     dtype: Literal["float32", "float64", "int64", "int32"] = "float32"
+    fixed_batch: int | None = Field(
+        None,
+        gt=0,
+        description="The graph's batch size when its batch axis is fixed (a torch export "
+        "without dynamic_axes: 1); batches are then run in chunks of this size.",
+    )
 
     @field_validator("shape")
     @classmethod
@@ -48,8 +59,16 @@ class TensorSpec(BaseModel):
         return tuple(self.shape[1:])
 
 
+OutputKind = Literal["logits", "probabilities"]
+
+
 class OutputSpec(BaseModel):
     name: str = "logits"
+    kind: OutputKind = Field(
+        "logits",
+        description="What the graph outputs: raw logits, or probabilities (a softmax "
+        "inside), which are served as their log: the logits up to a constant per row.",
+    )
 
 
 class ModelManifest(BaseModel):
@@ -61,7 +80,7 @@ class ModelManifest(BaseModel):
     version: str = "1"
     file: str = "model.onnx"
     input: TensorSpec
-    output: OutputSpec = OutputSpec()
+    output: OutputSpec = OutputSpec(name="logits", kind="logits")
     labels: list[str] = Field(min_length=2)
     description: str = ""
     calibration: dict[str, Any] | None = Field(
@@ -112,6 +131,16 @@ def load_manifest(model_dir: Path) -> ModelManifest:
             for err in exc.errors()
         )
         raise ManifestError(f"{path}: invalid manifest: {problems}") from None
+
+
+def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` as model_dir/manifest.json: indented, keys in insertion order,
+    each innermost list of numbers (a shape, a table's row) on one line."""
+    text = json.dumps(manifest, indent=1)
+    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r"\s*,\s*", m.group(1))) + "]", text)
+    path = model_dir / MANIFEST_FILE
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
 
 
 def _invalid_calibration(detail: str) -> PydanticCustomError:

@@ -1,5 +1,13 @@
 """One ONNX classifier: an onnxruntime session plus its manifest. Returns clean
-logits, which never leave the process: only the defense's output does."""
+logits, which never leave the process: only the defense's output does.
+
+Two kinds of graph are adapted here so the defense always sees logits of any batch:
+a graph that outputs probabilities (a softmax inside) is read as log p, which is the
+logits up to a constant per row (log softmax(z)_i = z_i - logsumexp(z)), and every
+output of the defense is invariant to such a constant; a graph with a fixed batch
+axis is run in chunks of that size, the last one padded with zero rows whose
+outputs are dropped.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +19,12 @@ from numpy.typing import NDArray
 
 from ..defense.calibrated import OutputCalibration
 from ..errors import BadInput
+from .inspect import InspectError, manifest_problems, open_session
 from .manifest import ManifestError, ModelManifest, load_manifest
 
-_ORT_TO_NUMPY = {
-    "tensor(float)": "float32",
-    "tensor(double)": "float64",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-}
+_SMALLEST_PROBABILITY = np.finfo(np.float32).tiny
+"""Probabilities are clipped here before the log, so a zero becomes a very negative
+logit rather than -inf."""
 
 
 class ModelLoadError(RuntimeError):
@@ -33,6 +39,8 @@ class OnnxClassifier:
         self._session = session
         self._input_name = manifest.input.name
         self._output_names = [manifest.output.name]
+        self._fixed_batch = manifest.input.fixed_batch
+        self._outputs_probabilities = manifest.output.kind == "probabilities"
         self.dtype = np.dtype(manifest.input.dtype)
         self.sample_shape = manifest.input.sample_shape
         self.n_classes = len(manifest.labels)
@@ -48,17 +56,13 @@ class OnnxClassifier:
         path = model_dir / manifest.file
         if not path.is_file():
             raise ModelLoadError(f"{model_dir}: model file {manifest.file!r} not found")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises several unrelated types for bad files
-            raise ModelLoadError(f"{path}: not a loadable ONNX model ({exc})") from exc
-        _check_signature(manifest, session, path)
+            session = open_session(path, intra_op_threads=intra_op_threads)
+        except InspectError as exc:
+            raise ModelLoadError(f"{path}: {exc}") from exc
+        problems = manifest_problems(manifest, session)
+        if problems:
+            raise ModelLoadError(f"{path}: {problems[0]}")
         model = cls(manifest, session)
         model._warm_up()
         return model
@@ -89,34 +93,31 @@ class OnnxClassifier:
         return cast
 
     def logits(self, batch: NDArray[np.generic]) -> NDArray[np.float32]:
-        """Clean logits (n, k) for an already validated batch."""
+        """Clean logits (n, k) for an already validated batch of any size."""
+        size = self._fixed_batch
+        if size is None or batch.shape[0] == size:
+            out = self._run(batch)
+        else:
+            out = np.concatenate(
+                [
+                    self._run_padded(batch[i : i + size], size)
+                    for i in range(0, batch.shape[0], size)
+                ]
+            )
+        if self._outputs_probabilities:
+            return np.log(np.maximum(out.astype(np.float32, copy=False), _SMALLEST_PROBABILITY))
+        return out
+
+    def _run(self, batch: NDArray[np.generic]) -> NDArray[np.float32]:
         (out,) = self._session.run(self._output_names, {self._input_name: batch})
         return np.asarray(out)
 
+    def _run_padded(self, chunk: NDArray[np.generic], size: int) -> NDArray[np.float32]:
+        rows = chunk.shape[0]
+        if rows == size:
+            return self._run(chunk)
+        padding = np.zeros((size - rows, *chunk.shape[1:]), dtype=chunk.dtype)
+        return self._run(np.concatenate([chunk, padding]))[:rows]
+
     def _warm_up(self) -> None:
         self.logits(np.zeros((1, *self.sample_shape), dtype=self.dtype))
-
-
-def _check_signature(manifest: ModelManifest, session: ort.InferenceSession, path: Path) -> None:
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
-    spec = manifest.input
-    if spec.name not in inputs:
-        raise ModelLoadError(f"{path}: the graph has no input named {spec.name!r}")
-    if manifest.output.name not in outputs:
-        raise ModelLoadError(f"{path}: the graph has no output named {manifest.output.name!r}")
-    graph_input = inputs[spec.name]
-    if _ORT_TO_NUMPY.get(graph_input.type) != spec.dtype:
-        raise ModelLoadError(f"{path}: input dtype {graph_input.type} != manifest {spec.dtype}")
-    graph_shape = graph_input.shape
-    if len(graph_shape) != len(spec.shape) or any(
-        isinstance(g, int) and g != m for g, m in zip(graph_shape[1:], spec.shape[1:], strict=True)
-    ):
-        raise ModelLoadError(f"{path}: input shape {graph_shape} != manifest {spec.shape}")
-    out_shape = outputs[manifest.output.name].shape
-    if len(out_shape) != 2 or (
-        isinstance(out_shape[1], int) and out_shape[1] != len(manifest.labels)
-    ):
-        raise ModelLoadError(
-            f"{path}: output shape {out_shape} does not match {len(manifest.labels)} labels"
-        )

@@ -226,9 +226,10 @@ def test_a_stored_tenant_with_clean_outputs_is_refused_at_serve_time(harness: Ha
     ):
         response = harness.client.post(path, json=body, headers=bearer(key))
         assert response.status_code == 403, response.text
+        assert response.headers["x-dynanoise-error-code"] == "clean_outputs_refused"
         error = response.json()["error"]
-        assert error["code"] == "clean_outputs_refused"
-        assert "DYNANOISE_ALLOW_CLEAN_OUTPUTS" in error["message"]
+        message = error if path.startswith("/v2/") else error["message"]
+        assert "DYNANOISE_ALLOW_CLEAN_OUTPUTS" in message
         assert "probabilities" not in response.json()
 
 

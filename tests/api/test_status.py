@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from service.api.inference import INFERENCE_ROUTES
-from service.api.status import ANSWERED, status_for
+from service.api.status import ANSWERED, ErrorStatus, status_for
 from service.app import create_app
 from service.defense import InvalidParameters
 from service.errors import (
@@ -64,6 +64,10 @@ ERRORS = [
     CorruptTenant("x"),
     RuntimeError("a bug"),
 ]
+
+
+def expected_body(status: ErrorStatus) -> dict[str, str]:
+    return {"code": status.code, "message": status.message}
 
 
 def _count(text: str, code: int) -> float:
@@ -123,7 +127,9 @@ def test_the_metric_counts_the_status_the_client_got(
     after = scrape(client)
     expected = status_for(error)
     assert response.status_code == expected.status
-    assert response.json()["error"]["code"] == expected.code
+    assert response.headers["x-dynanoise-error-code"] == expected.code
+    error = response.json()["error"]
+    assert error == (expected.message if path.startswith("/v2/") else expected_body(expected))
     assert _count(after, response.status_code) - _count(before, response.status_code) == 1
     if isinstance(error, RateLimited):
         assert response.headers["retry-after"] == "2"  # 2.0 s to wait

@@ -117,7 +117,8 @@ def test_bad_v2_requests_get_4xx_json(harness: Harness, request_body: dict, stat
     key = harness.add_tenant("acme")
     response = harness.client.post("/v2/models/toy/infer", json=request_body, headers=bearer(key))
     assert response.status_code == status, response.text
-    assert response.json()["error"]["message"]
+    assert isinstance(response.json()["error"], str) and response.json()["error"]
+    assert response.headers["x-dynanoise-error-code"]
 
 
 @pytest.mark.parametrize(

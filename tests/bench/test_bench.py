@@ -7,12 +7,14 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.harness import cli as bench_cli
 from bench.harness import runner
 from bench.harness.cli import build_parser
 from bench.harness.config import QUICK_DIR, RESULTS_DIR, BenchConfig
@@ -238,3 +240,41 @@ def test_python_m_bench_answers_help() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m bench") and "--sections" in result.stdout
+
+
+def test_a_run_writes_to_a_scratch_directory_unless_told_out_bench() -> None:
+    """Issue 15: a full run wrote over the committed bench/ by default."""
+    when = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert bench_cli.out_dir(None, quick=False, now=when) == Path("reports/bench-20300102T030405Z")
+    assert bench_cli.out_dir(None, quick=True) == QUICK_DIR
+    assert bench_cli.out_dir(Path("bench"), quick=False) == Path("bench")
+    assert bench_cli.is_committed(Path(__file__).resolve().parents[2] / "bench")
+    assert not bench_cli.is_committed(QUICK_DIR)
+
+
+def test_quick_refuses_to_write_over_the_committed_results(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(runner, "run_bench", pytest.fail)
+    committed = str(Path(__file__).resolve().parents[2] / "bench")
+    assert cli.main(["bench", "--quick", "--out", committed, "--sections", "defense"]) == 2
+    assert "never writes over the committed results" in capsys.readouterr().err
+
+
+def test_missing_requirements_are_named_in_one_line_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: `dynanoise bench` in the serving install ran, then crashed on
+    ModuleNotFoundError: matplotlib."""
+    monkeypatch.setattr(runner, "run_bench", pytest.fail)
+    monkeypatch.setattr(bench_cli.shutil, "which", lambda name: None)
+    real_find_spec = bench_cli.importlib.util.find_spec
+    monkeypatch.setattr(
+        bench_cli.importlib.util,
+        "find_spec",
+        lambda name: None if name == "matplotlib" else real_find_spec(name),
+    )
+    assert cli.main(["bench", "--quick", "--sections", "defense,service"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "matplotlib" in line and "--no-plots" in line and "wrk" in line and "service" in line
+    assert bench_cli.missing_requirements(["defense"], plots=False) == []

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ..postgres_drop import drop_retrying
+
 REPO = Path(__file__).resolve().parents[2]
 POSTGRES_URL_ENV = "DYNANOISE_TEST_POSTGRES_URL"
 
@@ -68,7 +70,11 @@ def postgres_url() -> Iterator[str]:
             hide_password=False
         )
     finally:
-        with psycopg.connect(conninfo, autocommit=True) as connection:
-            connection.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+
+        def drop() -> None:
+            with psycopg.connect(conninfo, autocommit=True) as connection:
+                connection.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+        drop_retrying(drop)

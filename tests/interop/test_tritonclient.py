@@ -78,14 +78,32 @@ def test_tritonclient_defaults_binary_output_when_no_outputs_requested(
     np.testing.assert_array_equal(first, again)  # keyed tenant: identical query, identical answer
 
 
-def test_tritonclient_sees_auth_errors(server: tuple[str, str]) -> None:
-    url, _ = server
+@pytest.mark.parametrize(
+    ("model", "shape", "key", "status", "words"),
+    [
+        ("toy", [1, 4], "Bearer wrong", "401", "API key"),
+        ("nosuchmodel", [1, 4], None, "404", "nosuchmodel"),
+        ("toy", [1, 5], None, "422", "shape"),
+    ],
+    ids=["401", "404", "422"],
+)
+def test_tritonclient_prints_the_servers_error_message(
+    server: tuple[str, str], model: str, shape: list[int], key: str | None, status: str, words: str
+) -> None:
+    """Issue 15: a v2 error was {"error": {"code", "message"}}; the client's str(e)
+    then raised TypeError. The protocol's {"error": "<message>"} prints."""
+    url, tenant_key = server
     from tritonclient.utils import InferenceServerException
 
-    infer_input = tritonclient_http.InferInput("input", [1, 4], "FP32")
-    infer_input.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-    with pytest.raises(InferenceServerException):
-        _client(url).infer("toy", [infer_input], headers={"Authorization": "Bearer wrong"})
+    infer_input = tritonclient_http.InferInput("input", shape, "FP32")
+    infer_input.set_data_from_numpy(np.ones(shape, dtype=np.float32))
+    authorization = key or f"Bearer {tenant_key}"
+    with pytest.raises(InferenceServerException) as raised:
+        _client(url).infer(model, [infer_input], headers={"Authorization": authorization})
+    printed = str(raised.value)
+    assert raised.value.status() == status
+    assert printed.startswith(f"[{status}] ") and words in printed, printed
+    assert "exception occurred in the client" not in printed
 
 
 def test_metrics_count_requests_from_every_worker(tmp_path: Path) -> None:

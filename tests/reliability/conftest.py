@@ -17,6 +17,8 @@ from service.app import build_services, create_app
 from service.ratelimit import RateLimiter
 from service.settings import Settings
 
+from ..postgres_drop import drop_retrying
+
 POSTGRES_URL_ENV = "DYNANOISE_TEST_POSTGRES_URL"
 
 
@@ -98,6 +100,10 @@ def postgres_database() -> Iterator[PostgresDatabase]:
     try:
         yield PostgresDatabase(name, database_url, go_away, lambda: allow(True))
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+        def drop() -> None:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+        drop_retrying(drop)
         admin.dispose()

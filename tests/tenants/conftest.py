@@ -20,6 +20,8 @@ from sqlalchemy.engine import make_url
 
 from service.tenants import TenantStore
 
+from ..postgres_drop import drop_retrying
+
 POSTGRES_URL_ENV = "DYNANOISE_TEST_POSTGRES_URL"
 
 
@@ -75,8 +77,11 @@ def _postgres_database(admin: Engine, opened: list[TenantStore]) -> Iterator[Tes
     name = f"dynanoise_t_{uuid.uuid4().hex[:16]}"
 
     def drop() -> None:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        def once() -> None:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+        drop_retrying(once)
 
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
