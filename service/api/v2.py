@@ -4,7 +4,7 @@ Inference (`/v2/models/{model}[/versions/{v}]/infer`) is in `service.api.inferen
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 
 from .. import __version__
 from ..errors import ServiceUnavailable
@@ -36,10 +36,22 @@ async def live() -> dict[str, bool]:
     summary="Readiness: models loaded and tenant store reachable",
     responses={503: V2_ERROR_RESPONSES[503]},
 )
-def ready(services: Services = Depends(get_services)) -> dict[str, bool]:
-    if not services.store.ping():
-        raise ServiceUnavailable("tenant store unreachable")
-    return {"ready": True}
+def ready(
+    allow_stale: bool = Query(
+        False,
+        description="Also ready while the tenant store has been unreachable for less than "
+        "DYNANOISE_STALE_TENANT_GRACE_SECONDS (known tenants are served from the cache): "
+        "the Kubernetes probe, so that a database blip does not take every pod out of the "
+        "Service at once. A lost or replaced SQLite file is never ready.",
+    ),
+    services: Services = Depends(get_services),
+) -> dict[str, bool]:
+    store = services.store
+    if store.ping():
+        return {"ready": True}
+    if allow_stale and store.within_stale_grace() and store.file_intact():
+        return {"ready": True}
+    raise ServiceUnavailable("tenant store unreachable")
 
 
 @router.get(

@@ -168,6 +168,7 @@ class TenantStore:
         self._cache_ttl = cache_ttl_seconds
         self._stale_grace = stale_grace_seconds
         self._clock = clock
+        self._last_ping_ok: float | None = None
         self._lock = threading.Lock()
         self._cache: dict[str, _CacheEntry] = {}
         # The lookup in progress per key hash: its other callers wait for it.
@@ -421,7 +422,20 @@ class TenantStore:
             self._read(lambda session: session.execute(text("SELECT 1")).all())
         except StoreUnavailable:
             return False
+        self._last_ping_ok = self._clock()
         return True
+
+    def file_intact(self) -> bool:
+        """False when the SQLite file this store opened is gone, replaced or broken (a
+        loss, not a blip); True for server databases."""
+        return self._file is None or self._file.problem(read_header=True) is None
+
+    def within_stale_grace(self) -> bool:
+        """Whether the last successful ``ping`` is recent enough that known tenants are
+        still served from the cache (`stale_grace_seconds`): a blip of the database, not
+        a reason to take this process out of a load balancer."""
+        last = self._last_ping_ok
+        return last is not None and self._clock() - last <= self._stale_grace
 
     def close(self) -> None:
         """Drop the cache and close pooled connections."""

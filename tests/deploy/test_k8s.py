@@ -124,7 +124,8 @@ def test_metrics_are_scraped_from_the_metrics_port_only(
 
 
 def test_probes_use_the_health_endpoints(container: dict[str, Any]) -> None:
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # allow_stale: a database blip within the stale-tenant grace keeps pods ready.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready?allow_stale=true"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] in ("http", 8000)
