@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 SERVE_STAMP := $(VENV)/.stamp-serve
 DEV_STAMP   := $(VENV)/.stamp-dev
 
-.PHONY: serve test test-fast lint fuzz load bench bench-venv audit clean help
+.PHONY: serve test test-fast lint fuzz load bench bench-venv audit container-smoke clean help
 
 help:
 	@echo "make serve   create .venv, install the serving dependencies, start on :8000"
@@ -18,6 +18,7 @@ help:
 	@echo "make audit   privacy audit of the digits model (report in reports/digits)"
 	@echo "make bench   benchmarks: python -m bench, results in reports/bench-<UTC time> (BENCH_ARGS=--out bench:"
 	@echo "             the committed bench/README.md; --quick: reports/bench-quick); make bench-venv: BentoML peer"
+	@echo "make container-smoke  build the image (local base image if none can be pulled), run and check it"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,9 @@ bench: $(DEV_STAMP)  # the harness lives in bench/harness, outside the wheel
 
 bench-venv:  # BentoML for the peer comparison, in its own environment
 	$(PYTHON) -m venv bench/.venv && bench/.venv/bin/pip install --quiet "bentoml==1.4.*" onnxruntime numpy
+
+container-smoke:  # needs root on Debian, or a running Docker engine
+	bash scripts/container_smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
