@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 SERVE_STAMP := $(VENV)/.stamp-serve
 DEV_STAMP   := $(VENV)/.stamp-dev
 
-.PHONY: serve test test-fast lint fuzz load bench bench-venv audit container-smoke clean help
+.PHONY: serve test test-fast lint fuzz load bench bench-venv audit container-smoke compose-e2e clean help
 
 help:
 	@echo "make serve   create .venv, install the serving dependencies, start on :8000"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench   benchmarks: python -m bench, results in reports/bench-<UTC time> (BENCH_ARGS=--out bench:"
 	@echo "             the committed bench/README.md; --quick: reports/bench-quick); make bench-venv: BentoML peer"
 	@echo "make container-smoke  build the image (local base image if none can be pulled), run and check it"
+	@echo "make compose-e2e  compose stack (stand-ins from Debian packages) through nginx: failover, scrape, dashboard"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +66,9 @@ bench-venv:  # BentoML for the peer comparison, in its own environment
 
 container-smoke:  # needs root on Debian, or a running Docker engine
 	bash scripts/container_smoke.sh
+
+compose-e2e:  # needs root on Debian, or a running Docker engine, and Compose v2
+	bash scripts/compose_e2e.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -209,20 +209,33 @@ def test_nginx_balances_over_the_service_replicas(repo: Path, config: dict[str, 
         "/etc/nginx/nginx.conf"
     )
     (http,) = find(conf, "http")
-    (upstream,) = http.find("upstream")
-    port = config["services"][SERVICE]["environment"]["DYNANOISE_PORT"]
-    (server,) = upstream.find("server")
-    # `resolve` follows `--scale` changes through Docker's DNS; it needs a zone.
-    assert server.args == [f"{SERVICE}:{port}", "resolve"]
-    assert upstream.find("zone")
+    # `server ... resolve` in an upstream needs nginx 1.27.3+ (Debian stable has
+    # 1.22): the service name goes through a variable, resolved per request.
+    assert not http.find("upstream")
     (resolver,) = http.find("resolver")
     assert resolver.args[0] == "127.0.0.11"
-    passes = [d.args for d in http.find("proxy_pass")]
-    assert passes == [[f"http://{upstream.args[0]}"]]
+    port = config["services"][SERVICE]["environment"]["DYNANOISE_PORT"]
+    (replicas,) = [d for d in http.find("set") if d.args[0] == "$dynanoise_replicas"]
+    assert replicas.args[1] == f"{SERVICE}:{port}"
+    passes = {tuple(d.args) for d in http.find("proxy_pass")}
+    assert passes == {("http://$dynanoise_replicas",)}
     headers = [d.args for d in http.find("proxy_set_header")]
     assert ["Authorization", "$http_authorization"] in headers
     published = config["services"]["nginx"]["ports"][0]
     assert [str(published["target"])] in [d.args for d in http.find("listen")]
+
+
+def test_nginx_retries_only_inference_after_sending(repo: Path) -> None:
+    """Inference POSTs change no state: retried on another replica even after they
+    were sent; the admin API's POST/PATCH/DELETE never are."""
+    (http,) = find(_nginx(repo), "http")
+    retries = {
+        tuple(location.args): next(d.args for d in location.find("proxy_next_upstream"))
+        for location in http.find("location")
+        if location.find("proxy_pass")
+    }
+    assert "non_idempotent" in retries[("~", "^/v[12]/")]
+    assert "non_idempotent" not in retries[("/",)]
 
 
 def test_nginx_body_limit_matches_the_service(repo: Path, config: dict[str, Any]) -> None:
