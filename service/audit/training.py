@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..defense import OutputCalibration
+from ..runtime.manifest import write_manifest
 from .architectures import build_model
 from .calibration import CALIBRATION_ROWS_NOTE, calibration_rows
 from .datasets import Dataset, load_dataset
@@ -32,7 +33,6 @@ from .splits import Split, paper_split
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 ONNX_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 VOCABULARY_FILE = "vocabulary.json"
 ONNX_TOLERANCE = 1e-4
 OPSET = 17
@@ -246,18 +246,6 @@ def undefended_metrics(
 
 # The serving runtime's rule for model names (service.runtime.manifest).
 _MODEL_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}")
-_NUMBER = r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?"
-_NUMBER_LIST = re.compile(rf"\[\s*({_NUMBER}(?:\s*,\s*{_NUMBER})*)\s*\]")
-
-
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> Path:
-    """Write `manifest` as out_dir/manifest.json: indented, keys in insertion order,
-    each innermost list of numbers (the split's indices, a table's row) on one line."""
-    text = json.dumps(manifest, indent=1)
-    text = _NUMBER_LIST.sub(lambda m: "[" + ", ".join(re.split(r"\s*,\s*", m.group(1))) + "]", text)
-    path = Path(out_dir) / MANIFEST_FILE
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
 
 
 def train_and_export(
