@@ -22,11 +22,16 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# The serving dependencies first, in a layer of their own: a change to the code
+# rebuilds only the package below, not every dependency.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt
 # pyproject.toml names README.md as the package's long description.
-COPY pyproject.toml setup.py README.md ./
+COPY setup.py README.md ./
 COPY service ./service
 # `.` without extras: serving only; torch and scikit-learn stay in `.[audit]`.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
     && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
     && python -I -c "from service.defense._compiled import keyed, kernel; assert kernel and keyed"
 

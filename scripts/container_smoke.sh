@@ -6,11 +6,12 @@
 #
 #   bash scripts/container_smoke.sh          # or: make container-smoke
 #
-# On a Debian machine with root it installs the engine when missing (docker.io,
-# debootstrap), starts dockerd when none runs (and stops it at the end), and makes
-# the local python:3.11-slim stand-in (scripts/make_base_image.sh) when that image
-# cannot be pulled. SKIP_IF_NO_ENGINE=1: exit 0 with one line when no engine can be
-# started. IMAGE (dynanoise:smoke) and BASE_IMAGE (python:3.11-slim) override tags.
+# The engine comes from scripts/start_docker.sh (on a Debian machine with root it
+# installs docker.io and debootstrap when missing and starts dockerd when none
+# runs, leaving it running for the next script), and the local python:3.11-slim
+# stand-in from scripts/make_base_image.sh when that image cannot be pulled.
+# SKIP_IF_NO_ENGINE=1: exit 0 with one SKIP line when no engine can be started.
+# IMAGE (dynanoise:smoke) and BASE_IMAGE (python:3.11-slim) override tags.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,7 +19,6 @@ IMAGE=${IMAGE:-dynanoise:smoke}
 export BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
 RUN_ID=smoke-$$
 WORK=$(mktemp -d /tmp/dynanoise-smoke.XXXXXX)
-STARTED_DOCKERD_PID=""
 FAILED=0
 T0=$(date +%s.%N)
 
@@ -50,9 +50,6 @@ _cleanup() {
     local status=$?
     docker rm -f "$RUN_ID-main" "$RUN_ID-ro" >/dev/null 2>&1 || true
     rm -rf "$WORK"
-    if [ -n "$STARTED_DOCKERD_PID" ]; then
-        kill "$STARTED_DOCKERD_PID" 2>/dev/null && wait "$STARTED_DOCKERD_PID" 2>/dev/null
-    fi
     exit "$status"
 }
 trap _cleanup EXIT
@@ -69,36 +66,9 @@ no_engine() {
 
 # --- the engine ---------------------------------------------------------------------
 
-_apt_install() {
-    [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null || return 1
-    say "installing $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$WORK/apt.log" 2>&1 \
-        || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >"$WORK/apt.log" 2>&1; }
-}
-
 start_engine() {
-    if ! command -v docker >/dev/null || ! command -v dockerd >/dev/null; then
-        docker info >/dev/null 2>&1 && return 0 # a CLI talking to an engine elsewhere
-        _apt_install docker.io || no_engine "docker.io could not be installed"
-    fi
-    docker info >/dev/null 2>&1 && return 0
-    [ "$(id -u)" -eq 0 ] || no_engine "dockerd is not running and starting it needs root"
-    say "starting dockerd (log: /tmp/dockerd-$RUN_ID.log)"
-    dockerd >"/tmp/dockerd-$RUN_ID.log" 2>&1 &
-    STARTED_DOCKERD_PID=$!
-    local tries=60
-    while [ "$tries" -gt 0 ]; do
-        docker info >/dev/null 2>&1 && return 0
-        # Ours exited: another dockerd, started meanwhile, may still answer shortly.
-        if [ -n "$STARTED_DOCKERD_PID" ] && ! kill -0 "$STARTED_DOCKERD_PID" 2>/dev/null; then
-            STARTED_DOCKERD_PID=""
-            tries=$((tries < 10 ? tries : 10))
-        fi
-        tries=$((tries - 1))
-        sleep 0.5
-    done
-    tail -3 "/tmp/dockerd-$RUN_ID.log" 2>/dev/null | sed 's/^/      /'
-    no_engine "dockerd did not start, see /tmp/dockerd-$RUN_ID.log"
+    local reason
+    reason=$(bash scripts/start_docker.sh) || no_engine "$reason"
 }
 
 # --- the checks' building blocks ---------------------------------------------------
@@ -182,7 +152,6 @@ start=$(_now)
 if docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 || timeout 120 docker pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
     pass "base image $BASE_IMAGE (present or pulled)" "($(_since "$start"))"
 else
-    command -v debootstrap >/dev/null || _apt_install debootstrap || no_engine "debootstrap could not be installed"
     if bash scripts/make_base_image.sh; then
         pass "base image $BASE_IMAGE (made with debootstrap)" "($(_since "$start"))"
     else

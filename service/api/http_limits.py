@@ -7,6 +7,10 @@ make the server hold hundreds of MB), reads heads and bodies without a deadline
 (slowloris) and arms its keep-alive timer only after a first response, so a connection
 that sends nothing is never closed. `BoundedHttpToolsProtocol` adds those limits; pass
 `protocol_factory(limits)` as uvicorn's ``http``.
+
+It also writes a response's head together with its first body bytes (uvicorn writes
+them apart): a process killed between the two would leave a load balancer holding a
+head it cannot retry, where a connection that dies before any byte can be retried.
 """
 
 from __future__ import annotations
@@ -69,6 +73,92 @@ def protocol_factory(limits: HttpLimits) -> Any:
 _IDLE, _HEAD, _BODY = "idle", "head", "body"
 
 
+class _HeadHoldingTransport(asyncio.Transport):
+    """The connection's transport, holding a response's head back until the next write
+    (its first body bytes, or anything else) so that both leave in one ``write``.
+
+    `expect_response(cycle)` names the request whose response comes next: the first
+    write after that response has started is its head (uvicorn writes it as soon as
+    the application sends ``http.response.start``). `flush` sends a held head on its
+    own; `close` flushes first, so no path that ends a connection loses a head.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__()
+        self._transport = transport
+        self._held: bytes | None = None
+        self._cycle: Any = None  # uvicorn's RequestResponseCycle
+
+    def expect_response(self, cycle: Any) -> None:
+        # A pipelined request named while an older response is still being written:
+        # that older head, not yet written, then goes out at once, as uvicorn writes it.
+        self._cycle = cycle
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held is not None:
+            data = b"".join((self._held, data))
+            self._held = None
+        elif self._cycle is not None and self._cycle.response_started:
+            self._held = bytes(data)
+            self._cycle = None
+            return
+        self._transport.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        # A connection already lost (the client left mid-response) takes nothing more.
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that is refused."""
 
@@ -81,6 +171,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     request's first byte to its last header) -> body (until the request is complete)
     -> none while the application answers. Head and body deadlines are armed only
     when a chunk ends inside them: a request that arrives in one read costs no timer.
+
+    Responses are written through `_HeadHoldingTransport`: a head leaves with the first
+    body bytes, or on its own when the response completes without any (a HEAD request).
     """
 
     def __init__(
@@ -108,7 +201,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # Connection
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self._writer = _HeadHoldingTransport(transport)
+        super().connection_made(self._writer)
         if len(self.connections) > self.limits.max_connections:
             self._refusals.refused(self.logger, self.limits.max_connections)
             self._refuse(503, b"too many connections")
@@ -183,12 +277,19 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_open = True
         self._phase_started = self.loop.time()
         self._disarm()
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:  # not an upgrade: a response will follow
+            self._writer.expect_response(self.cycle)
 
     def on_message_complete(self) -> None:
         self._body_open = False
         self._disarm()
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._writer.flush()  # a response with no body bytes (HEAD) still sends its head
+        super().on_response_complete()
 
     # Timers
 
