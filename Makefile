@@ -6,7 +6,7 @@ PIP    := $(BIN)/python -m pip
 SERVE_STAMP := $(VENV)/.stamp-serve
 DEV_STAMP   := $(VENV)/.stamp-dev
 
-.PHONY: serve test test-fast lint fuzz load bench bench-venv audit container-smoke compose-e2e clean help
+.PHONY: serve test test-fast lint fuzz load bench bench-venv bench-venvs audit container-smoke compose-e2e clean help
 
 help:
 	@echo "make serve   create .venv, install the serving dependencies, start on :8000"
@@ -17,7 +17,8 @@ help:
 	@echo "make load    60 s load test, 64 clients, several keyed tenants"
 	@echo "make audit   privacy audit of the digits model (report in reports/digits)"
 	@echo "make bench   benchmarks: python -m bench, results in reports/bench-<UTC time> (BENCH_ARGS=--out bench:"
-	@echo "             the committed bench/README.md; --quick: reports/bench-quick); make bench-venv: BentoML peer"
+	@echo "             the committed bench/README.md; --quick: reports/bench-quick)"
+	@echo "make bench-venvs  the peers' venvs (KServe, MLServer, LitServe, BentoML) in bench/.venvs/"
 	@echo "make container-smoke  build the image (local base image if none can be pulled), run and check it"
 	@echo "make compose-e2e  compose stack (stand-ins from Debian packages) through nginx: failover, scrape, dashboard"
 
@@ -61,8 +62,10 @@ audit: $(DEV_STAMP)
 bench: $(DEV_STAMP)  # the harness lives in bench/harness, outside the wheel
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-venv:  # BentoML for the peer comparison, in its own environment
-	$(PYTHON) -m venv bench/.venv && bench/.venv/bin/pip install --quiet "bentoml==1.4.*" onnxruntime numpy
+bench-venvs:  # each peer of the comparison in its own environment (pinned versions: bench/harness/venvs.py)
+	$(PYTHON) bench/harness/venvs.py $(PEERS)
+
+bench-venv: bench-venvs  # its former name
 
 container-smoke:  # needs root on Debian, or a running Docker engine
 	bash scripts/container_smoke.sh

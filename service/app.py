@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 
 from . import __version__
 from .api import admin, repository, v1, v2
+from .api.admission import AdmissionLimits, AdmissionMiddleware, ShedReason
 from .api.docs import install_docs
 from .api.errors import install_error_handlers
 from .api.fastpath import FastInferenceRoutes
@@ -35,20 +36,36 @@ parameters are managed under `/admin/tenants` with the admin token.
 
 
 class _ServiceApp(FastAPI):
-    """FastAPI with the guard (body limit, security headers) and the lean inference
-    routes outermost, in front of Starlette's middleware stack: the hot endpoints do
+    """FastAPI with admission control (outermost: it holds or sheds inference requests
+    before anything else runs), then the guard (body limit, security headers) and the
+    lean inference routes, in front of Starlette's middleware stack: the hot endpoints do
     not pay for its layers (bench/README.md), everything else passes through."""
 
     max_body_bytes = Settings.model_fields["max_body_bytes"].default
+    admission = AdmissionLimits()  # off; create_app sets the settings' limits
     fast_inference_routes = True  # False: FastAPI's own routes only (the tests compare)
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         if self.fast_inference_routes:
             stack = FastInferenceRoutes(stack)
-        return GuardMiddleware(
+        stack = GuardMiddleware(
             stack, max_body_bytes=self.max_body_bytes, on_reject=self._count_rejection
         )
+        if not self.admission.enabled:
+            return stack
+        services: Services = self.state.services
+        return AdmissionMiddleware(
+            stack,
+            self.admission,
+            on_shed=self._count_shed,
+            on_depth=services.metrics.admission_queue_depth.set,
+        )
+
+    def _count_shed(self, path: str, reason: ShedReason, seconds: float) -> None:
+        services: Services = self.state.services
+        services.metrics.observe_shed(reason)
+        self._count_rejection(path, 503, seconds)
 
     def _count_rejection(self, path: str, status: int, seconds: float) -> None:
         services: Services = self.state.services
@@ -92,6 +109,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.max_body_bytes = settings.max_body_bytes
+    app.admission = AdmissionLimits(
+        max_in_flight=settings.admission_max_in_flight,
+        max_queue=settings.admission_max_queue,
+        max_queue_delay_seconds=settings.admission_max_queue_delay_ms / 1000.0,
+    )
     app.state.services = services
     app.state.dataplane = DataPlane(services, status_of=status_code_of)
     install_error_handlers(app)

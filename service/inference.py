@@ -11,6 +11,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from .defense import (
 from .errors import BadInput, DefenseFailure, OutputModeUnavailable
 from .metrics import ServiceMetrics
 from .runtime import OnnxClassifier
-from .runtime.batching import AdaptiveBatcher
+from .runtime.batching import MIN_FIXED_COST_S, AdaptiveBatcher
 
 # Seeders hold a tenant secret's HMAC state: keep at most this many per process.
 _MAX_SEEDERS = 1024
@@ -63,12 +64,29 @@ def _calibration_for(model: OnnxClassifier, params: DefenseParams) -> OutputCali
     return model.calibration
 
 
+class _ModelRunner:
+    """A model's ``logits`` that does not keep the model alive, so a model unloaded from
+    the registry is freed, and its batcher with it (see ``Predictor.batcher``). A call
+    comes from a request that holds the model, so the model is there while it runs."""
+
+    __slots__ = ("_model",)
+
+    def __init__(self, model: OnnxClassifier) -> None:
+        self._model = weakref.ref(model)
+
+    def __call__(self, batch: NDArray[Any]) -> NDArray[Any]:
+        model = self._model()
+        assert model is not None, "a batcher ran after its model was freed"
+        return model.logits(batch)
+
+
 class Predictor:
     """Runs one batch through a model and the tenant's defense, recording metrics.
 
     With ``batching_max_delay_ms`` > 0, concurrent calls for the same model share
-    one ONNX run (see ``AdaptiveBatcher``); the defense still runs per request,
-    with that request's tenant parameters, on exactly the rows it sent.
+    one ONNX run when the model's measured cost says merging pays (see
+    ``AdaptiveBatcher``); the defense still runs per request, with that request's
+    tenant parameters, on exactly the rows it sent.
     """
 
     def __init__(
@@ -78,6 +96,7 @@ class Predictor:
         *,
         batching_max_delay_ms: float = 0.0,
         batching_max_batch: int = 256,
+        batching_min_fixed_cost_s: float = MIN_FIXED_COST_S,
     ) -> None:
         self._metrics = metrics
         # One generator per process: reseeding per call costs more than the defense. Its draws are
@@ -88,12 +107,19 @@ class Predictor:
         )
         self._batching_delay_s = batching_max_delay_ms / 1000.0
         self._batching_max_batch = batching_max_batch
+        self._batching_min_fixed_cost_s = batching_min_fixed_cost_s
         self._batchers: dict[tuple[str, int], AdaptiveBatcher] = {}
         self._lock = threading.Lock()
 
     @property
     def batching(self) -> bool:
-        return self._batching_delay_s > 0
+        """Whether a call may wait for other requests' rows (and so must not run on the
+        event loop): some model's batcher is gathering. A batcher's warm-up calls never
+        wait, so a model measured cheap (the shipped MLP) keeps the inline path."""
+        if self._batching_delay_s <= 0:
+            return False
+        batchers = self._batchers.copy()  # a freed model's finalizer may remove one
+        return any(batcher.gathering for batcher in batchers.values())
 
     def predict(
         self, model: OnnxClassifier, context: DefenseContext, batch: NDArray[np.generic]
@@ -128,15 +154,20 @@ class Predictor:
 
         # Zero in the lossy modes by construction (the tables keep the model's label).
         flips = int(np.count_nonzero(probabilities.argmax(axis=1) != logits.argmax(axis=1)))
-        m = self._metrics
-        m.child(m.inference_duration, model.name).observe(inferred - started)
-        m.child(m.defense_duration, model.name, context.tenant).observe(defended - inferred)
-        m.observe_defense(model.name, context.tenant, risk, noise_std, flips)
+        self._metrics.observe_prediction(
+            model.name,
+            context.tenant,
+            inferred - started,
+            defended - inferred,
+            risk,
+            noise_std,
+            flips,
+        )
         return probabilities
 
     def batcher(self, model: OnnxClassifier) -> AdaptiveBatcher | None:
         """The model's batcher when batching is on (created on first use)."""
-        if not self.batching:
+        if self._batching_delay_s <= 0:
             return None
         # Keyed by the loaded object, not its id: a model reloaded under the same
         # name@version (the repository API) gets a batcher of its own session.
@@ -147,11 +178,13 @@ class Predictor:
                 batcher = self._batchers.get(key)
                 if batcher is None:
                     batcher = AdaptiveBatcher(
-                        model.logits,
+                        _ModelRunner(model),
                         max_delay_s=self._batching_delay_s,
                         max_batch=self._batching_max_batch,
+                        min_fixed_cost_s=self._batching_min_fixed_cost_s,
                     )
                     self._batchers[key] = batcher
+                    weakref.finalize(model, self._batchers.pop, key, None)
         return batcher
 
     def _logits(self, model: OnnxClassifier, batch: NDArray[np.generic]) -> NDArray[Any]:

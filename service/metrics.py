@@ -9,6 +9,7 @@ only, never from raw request strings.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -112,8 +114,23 @@ class ServiceMetrics:
             ["model", "tenant"],
             registry=r,
         )
+        # Admission control (service.api.admission): requests answered 503 overloaded,
+        # by reason (queue_full, queue_timeout), and the waiters queued now.
+        self.requests_shed = Counter(
+            "dynanoise_requests_shed",
+            "Inference requests shed by admission control (503 overloaded), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.admission_queue_depth = Gauge(
+            "dynanoise_admission_queue_depth",
+            "Inference requests waiting for admission (summed over worker processes).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
 
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
 
     def child(self, metric: MetricWrapperBase, *label_values: str) -> Any:
         """``metric.labels(*label_values)``, memoised: ``labels`` validates and locks on
@@ -125,11 +142,37 @@ class ServiceMetrics:
             found = self._children[key] = metric.labels(*label_values)
         return found
 
+    def series(self, model: str, tenant: str) -> _Series:
+        """The children one (model, tenant) pair's requests record to, memoised: one
+        lookup per request instead of one per instrument."""
+        found = self._series.get((model, tenant))
+        if found is None:
+            found = self._series[(model, tenant)] = _Series(self, model, tenant)
+        return found
+
     def observe_request(
         self, model: str, tenant: str, endpoint: str, code: int, seconds: float
     ) -> None:
-        self.child(self.request_duration, model, tenant, endpoint).observe(seconds)
-        self.child(self.requests, model, tenant, str(code)).inc()
+        series = self.series(model, tenant)
+        observe(series.request_duration(endpoint), seconds)
+        series.requests(code).inc()
+
+    def observe_prediction(
+        self,
+        model: str,
+        tenant: str,
+        inference_seconds: float,
+        defense_seconds: float,
+        sensitivity: NDArray[np.float64],
+        noise_std: NDArray[np.float64],
+        label_flips: int,
+    ) -> None:
+        """Record one predicted batch: the time in the model and in the defense, then
+        `observe_defense`."""
+        series = self.series(model, tenant)
+        observe(series.inference_duration, inference_seconds)
+        observe(series.defense_duration, defense_seconds)
+        self.observe_defense(model, tenant, sensitivity, noise_std, label_flips)
 
     def observe_defense(
         self,
@@ -140,18 +183,83 @@ class ServiceMetrics:
         label_flips: int,
     ) -> None:
         """Record one batch: a sample per row in the histograms, then the counters."""
-        observe_many(self.child(self.sensitivity, model, tenant), sensitivity)
-        observe_many(self.child(self.noise_std, model, tenant), noise_std)
-        self.child(self.samples, model, tenant).inc(len(sensitivity))
+        series = self.series(model, tenant)
+        observe_many(series.sensitivity, sensitivity)
+        observe_many(series.noise_std, noise_std)
+        series.samples.inc(len(sensitivity))
         if label_flips:
-            self.child(self.label_flips, model, tenant).inc(label_flips)
+            series.label_flips.inc(label_flips)
+
+    def observe_shed(self, reason: str) -> None:
+        """Count one request shed by admission control (``reason``: a known set)."""
+        self.child(self.requests_shed, reason).inc()
 
     def observe_repeats(self, model: str, tenant: str, rows: int) -> None:
         """Count ``rows`` repeated rows of one batch (the series exists from the first
         batch on, at 0 while there are none)."""
-        counter = self.child(self.repeated_queries, model, tenant)
+        counter = self.series(model, tenant).repeated_queries
         if rows:
             counter.inc(rows)
+
+
+class _Series:
+    """The children of one (model, tenant) pair, created on first use (`series`);
+    the endpoint and status code labels of the request series from known sets."""
+
+    __slots__ = (
+        "_code_children",
+        "_endpoint_children",
+        "_metrics",
+        "_model",
+        "_tenant",
+        "defense_duration",
+        "inference_duration",
+        "label_flips",
+        "noise_std",
+        "repeated_queries",
+        "samples",
+        "sensitivity",
+    )
+
+    def __init__(self, metrics: ServiceMetrics, model: str, tenant: str) -> None:
+        self._metrics, self._model, self._tenant = metrics, model, tenant
+        self.inference_duration = metrics.child(metrics.inference_duration, model)
+        self.defense_duration = metrics.child(metrics.defense_duration, model, tenant)
+        self.sensitivity = metrics.child(metrics.sensitivity, model, tenant)
+        self.noise_std = metrics.child(metrics.noise_std, model, tenant)
+        self.samples = metrics.child(metrics.samples, model, tenant)
+        self.label_flips = metrics.child(metrics.label_flips, model, tenant)
+        self.repeated_queries = metrics.child(metrics.repeated_queries, model, tenant)
+        self._endpoint_children: dict[str, Any] = {}
+        self._code_children: dict[int, Any] = {}
+
+    def request_duration(self, endpoint: str) -> Any:
+        found = self._endpoint_children.get(endpoint)
+        if found is None:
+            m = self._metrics
+            found = self._endpoint_children[endpoint] = m.child(
+                m.request_duration, self._model, self._tenant, endpoint
+            )
+        return found
+
+    def requests(self, code: int) -> Any:
+        found = self._code_children.get(code)
+        if found is None:
+            m = self._metrics
+            found = self._code_children[code] = m.child(
+                m.requests, self._model, self._tenant, str(code)
+            )
+        return found
+
+
+def observe(histogram: Histogram, value: float) -> None:
+    """``histogram.observe(value)`` for a labelled child, without its per-call checks
+    and its linear walk over the buckets: the bucket is found by bisection (the first
+    upper bound >= value, as ``observe`` picks it; a NaN goes into the sum only, as
+    there). Equivalence with ``observe`` is tested."""
+    histogram._sum.inc(value)
+    if value == value:
+        histogram._buckets[bisect_left(histogram._upper_bounds, value)].inc(1)
 
 
 def observe_many(histogram: Histogram, values: NDArray[np.float64]) -> None:
@@ -163,8 +271,8 @@ def observe_many(histogram: Histogram, values: NDArray[np.float64]) -> None:
     values the client keeps. Equivalence with ``observe`` is tested.
     """
     if len(values) <= 4:
-        for value in values:
-            histogram.observe(float(value))
+        for value in values.tolist():
+            observe(histogram, value)
         return
     bounds = np.asarray(histogram._upper_bounds)
     counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))

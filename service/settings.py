@@ -154,10 +154,12 @@ class Settings(BaseSettings):
         default=1, ge=0, description="intra-op threads per ONNX session (0 = onnxruntime default)."
     )
     batching_max_delay_ms: float = Field(
-        default=0.0,
+        default=2.0,
         ge=0,
         description="Adaptive micro-batching: wait up to this long to gather concurrent "
-        "requests into one ONNX call (0 = off).",
+        "requests into one ONNX call (0 = off). Only a model whose measured fixed cost "
+        "per call pays for the hand-off is gathered; others (the shipped MLP) run each "
+        "request at once, on the inline path.",
     )
     batching_max_batch: int = Field(default=256, ge=1)
     inline_max_body_bytes: int = Field(
@@ -207,6 +209,28 @@ class Settings(BaseSettings):
         description="On SIGTERM, stop accepting connections and let in-flight requests "
         "finish for at most this long before cancelling them (keep it below the "
         "orchestrator's kill timeout, 30 s in Kubernetes).",
+    )
+    # Admission control (issue 17): a bounded queue per worker in front of inference.
+    admission_max_in_flight: int = Field(
+        default=80,
+        ge=0,
+        description="Most inference requests one worker process admits at once (being "
+        "processed, or waiting for a thread); the next ones wait in a FIFO queue (0 = "
+        "admission control off: no limit, no queue). The default, twice the thread "
+        "pool's 40 threads, is a safety net; 8 bounds the tail (docs/reliability.md).",
+    )
+    admission_max_queue: int = Field(
+        default=256,
+        ge=0,
+        description="Most inference requests waiting for admission per worker; one more "
+        "is answered 503 `overloaded` with Retry-After at once (0 = no bound on the "
+        "queue's size, Triton's convention).",
+    )
+    admission_max_queue_delay_ms: float = Field(
+        default=100.0,
+        ge=0,
+        description="Longest an inference request waits for admission; past it, 503 "
+        "`overloaded` with Retry-After (0 = no bound on the wait).",
     )
     log_level: str = "info"
     # Inline inference by cost (issue 14): what may run on the event loop.

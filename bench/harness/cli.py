@@ -21,18 +21,23 @@ from .config import QUICK_DIR, RESULTS_DIR, SECTIONS
 COMMITTED_DIR = Path(__file__).resolve().parents[1]
 """bench/ of the checkout: the committed results, whatever the working directory."""
 SCRATCH_ROOT = Path("reports")
-LOAD_SECTIONS = frozenset({"service", "binary", "batching", "baselines", "memory"})
+LOAD_SECTIONS = frozenset({"service", "binary", "batching", "peers", "overload", "memory"})
 """Sections that drive a server with wrk."""
 
 
+_RENAMED = {"baselines": "peers"}  # sections' former names, still accepted
+
+
 def _csv(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
+    parts = (part.strip() for part in value.split(",") if part.strip())
+    return tuple(_RENAMED.get(part, part) for part in parts)
 
 
 def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        description="Benchmark the defense, the service, BentoML and a naive FastAPI app.",
+        description="Benchmark the defense, the service, its peers (KServe, MLServer, LitServe, "
+        "BentoML, a naive FastAPI app) and the framework floor.",
     )
     p.add_argument("--quick", action="store_true", help="a smaller run, under three minutes")
     p.add_argument(
@@ -52,7 +57,7 @@ def build_parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument(
         "--bentoml-python",
         type=Path,
-        help="python of the venv with BentoML (default: bench/.venv, then /tmp/bench-venv)",
+        help="python of a venv with BentoML (default: bench/.venvs/bentoml, make bench-venvs)",
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     return p
@@ -103,10 +108,17 @@ def run(args: argparse.Namespace, *, prog: str, command: str) -> int:
     print(f"wrote {config.out_dir / 'results.json'} and {config.out_dir / 'README.md'}")
     for key, value in results["summary"].items():
         if key != "targets_met":
-            print(f"  {key}: {'not measured' if value is None else f'{value:.3g}'}")
+            print(f"  {key}: {_shown(value)}")
     if not is_committed(config.out_dir):
         print(f"results in {config.out_dir} (--out {RESULTS_DIR} to replace the committed ones)")
     return 0
+
+
+def _shown(value: object) -> str:
+    """A summary value on the console: a number to 3 digits, a name as it is."""
+    if value is None:
+        return "not measured"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def out_dir(out: Path | None, *, quick: bool, now: datetime | None = None) -> Path:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-SECTIONS = ("defense", "service", "binary", "batching", "baselines", "memory")
+from .venvs import VENVS_DIR
+
+SECTIONS = ("defense", "service", "binary", "batching", "peers", "overload", "memory")
 RESULTS_DIR = Path("bench")  # the committed results: only a full run writes them by default
 QUICK_DIR = Path("reports/bench-quick")  # --quick's default: never over the committed results
 
@@ -33,9 +35,14 @@ class BenchConfig:
     binary_concurrency: int = 8
     batching_concurrencies: tuple[int, ...] = (8, 32, 64)
     batching_max_delay_ms: float = 2.0
-    baseline_rows: tuple[int, ...] = (1, 32)
+    overload_concurrencies: tuple[int, ...] = (64, 256)  # past what one worker serves
+    # (c) peers and the framework floor: one-row requests at each of peer_concurrencies,
+    # then each of peer_rows > 1 at comparison_concurrency (the floor sits those out)
+    peer_concurrencies: tuple[int, ...] = (1, 8, 32, 64)
+    peer_rows: tuple[int, ...] = (1, 32)
     comparison_concurrency: int = 32
-    bentoml_python: Path | None = None
+    venvs_dir: Path = VENVS_DIR  # the peers' venvs, bench/.venvs/<peer> (make bench-venvs)
+    bentoml_python: Path | None = None  # overrides venvs_dir/bentoml
     plots: bool = True
     command: str = "dynanoise bench"
     work_dir: Path | None = field(default=None)  # scratch space; a temporary one if None
@@ -60,8 +67,10 @@ class BenchConfig:
             load_repeats=2,
             binary_features=(784, 3072),
             binary_rows=(16,),
-            batching_concurrencies=(32,),
-            baseline_rows=(1,),
+            batching_concurrencies=(8, 32),
+            peer_concurrencies=(8, 32),
+            peer_rows=(1,),
+            overload_concurrencies=(64,),
             out_dir=QUICK_DIR,
         )
         return replace(preset, **changes)  # type: ignore[arg-type]

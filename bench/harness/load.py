@@ -26,16 +26,28 @@ for line in io.lines(os.getenv("DYNANOISE_BENCH_HEADERS")) do
   if name then wrk.headers[name] = value end
 end
 
+-- 503s are counted only when asked: a response() hook makes wrk parse every answer.
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+if os.getenv("DYNANOISE_BENCH_COUNT_503") == "1" then
+  status_503 = 0
+  response = function(status, headers, body)
+    if status == 503 then status_503 = status_503 + 1 end
+  end
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
+  local shed = 0
+  for _, thread in ipairs(threads) do shed = shed + (thread:get("status_503") or 0) end
   io.write(string.format(
     '\\nBENCH_JSON {"requests": %d, "duration_us": %d, "bytes": %d, ' ..
     '"errors_status": %d, "errors_connect": %d, "errors_read": %d, "errors_write": %d, ' ..
     '"errors_timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %.1f, ' ..
-    '"max_us": %d}\\n',
+    '"max_us": %d, "status_503": %d}\\n',
     summary.requests, summary.duration, summary.bytes, e.status, e.connect, e.read, e.write,
     e.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.mean, latency.max))
+    latency.mean, latency.max, shed))
 end
 """
 
@@ -55,6 +67,8 @@ class LoadResult:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    status_503: int = 0
+    """Answers with status 503 (within ``errors``); counted with ``count_503`` only."""
 
     @property
     def throughput(self) -> float:
@@ -77,8 +91,10 @@ def run_wrk(
     duration_s: float,
     extra_headers: dict[str, str] | None = None,
     timeout_s: float = 10.0,
+    count_503: bool = False,
 ) -> LoadResult:
-    """POST ``payload`` to ``url`` from ``concurrency`` connections for ``duration_s``."""
+    """POST ``payload`` to ``url`` from ``concurrency`` connections for ``duration_s``;
+    ``count_503``: also count the 503 answers (a little more work for wrk per answer)."""
     headers = {**payload.headers, **(extra_headers or {})}
     with tempfile.TemporaryDirectory(prefix="dynanoise-wrk-") as tmp:
         work = Path(tmp)
@@ -100,6 +116,8 @@ def run_wrk(
             "DYNANOISE_BENCH_HEADERS": str(work / "headers"),
             "PATH": "/usr/bin:/bin",
         }
+        if count_503:
+            env["DYNANOISE_BENCH_COUNT_503"] = "1"
         completed = subprocess.run(
             command,
             env=env,
@@ -125,5 +143,6 @@ def parse_wrk_output(stdout: str, stderr: str, concurrency: int) -> LoadResult:
                 p50_ms=int(data["p50_us"]) / 1000.0,
                 p90_ms=int(data["p90_us"]) / 1000.0,
                 p99_ms=int(data["p99_us"]) / 1000.0,
+                status_503=int(data.get("status_503", 0)),
             )
     raise LoadError(f"wrk printed no summary:\n{stdout[-2000:]}\n{stderr[-2000:]}")

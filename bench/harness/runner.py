@@ -2,7 +2,8 @@
 
 Sections: defense (micro-benchmark), service (v1/v2 x defense on/off x concurrency),
 binary (v2 binary tensors vs JSON), batching (adaptive micro-batching on vs off),
-baselines (the naive FastAPI app and BentoML), memory (RSS and install size).
+peers (KServe, MLServer, LitServe, BentoML, a naive FastAPI app, and the framework
+floor: a bare ASGI app), memory (RSS and install size).
 Variants compared with each other are measured in the same rounds, interleaved.
 """
 
@@ -12,7 +13,7 @@ import json
 import os
 import platform
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,20 +21,25 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from service.defense import _compiled
 
+from .cnn import CNN_FEATURES, CNN_NAME, write_cnn_model
+from .comparison import FLOOR, NOT_BUILT, SERVICE, compare, installed_version, python_for
 from .config import BenchConfig
 from .defense import PAPER_MS_PER_SAMPLE, bench_defense
+from .histograms import Sums, defense_share, scrape_sums
 from .launcher import ServerProcess
 from .load import LoadResult, run_wrk
 from .memory import serving_install_size
 from .models import prepare_models
+from .overload import overload_section
 from .payloads import Payload, sample_rows, v1_json, v2_binary, v2_json
 from .report import summarize, write_report
-from .servers import bentoml_server, naive_server, service_server
+from .servers import PEERS, Peer, ServerError, peer_server, service_server
 from .stats import ratios, spread
 
-BENCH_DIR = Path(__file__).resolve().parents[1]  # bench/: results, and `make bench-venv`'s .venv
 Log = Callable[[str], None]
 Measure = Callable[[], LoadResult]
 
@@ -62,13 +68,15 @@ def run_bench(config: BenchConfig, log: Log = print) -> dict[str, Any]:
                 repeats=config.defense_repeats,
                 target_s=config.defense_target_s,
             )
-        load_sections = {"service", "binary", "batching", "baselines", "memory"}
+        load_sections = {"service", "binary", "batching", "peers", "memory"}
         if load_sections & set(config.sections):
             with ExitStack() as stack:
                 server = stack.enter_context(service_server(models_dir, work))
                 if "service" in config.sections:
                     log("service throughput and latency")
+                    before = _histogram_sums(server)
                     results["service"] = _service(config, server, model, features, log)
+                    results["defense_share"] = _defense_shares(server, before, config.tenants)
                 if "binary" in config.sections:
                     log("v2 binary tensors vs JSON")
                     results["binary"] = _binary(config, server, log)
@@ -80,21 +88,25 @@ def run_bench(config: BenchConfig, log: Log = print) -> dict[str, Any]:
                     }
                 if "batching" in config.sections:
                     log("adaptive micro-batching on vs off")
-                    batching = stack.enter_context(
-                        service_server(
-                            models_dir,
-                            work,
-                            batching_max_delay_ms=config.batching_max_delay_ms,
-                            tag="service-batching",
+                    pair = [
+                        stack.enter_context(
+                            service_server(
+                                models_dir, work, batching_max_delay_ms=delay, tag=f"batching-{tag}"
+                            )
                         )
-                    )
-                    results["batching"] = _batching(config, server, batching, model, features, log)
-                if "baselines" in config.sections:
-                    log("baselines: naive FastAPI app and BentoML")
-                    results["baselines"] = _baselines(
+                        for tag, delay in (("off", 0.0), ("on", config.batching_max_delay_ms))
+                    ]
+                    off, on = pair
+                    results["batching"] = _batching(config, off, on, model, features, log)
+                if "peers" in config.sections:
+                    log("peers and the framework floor")
+                    results["peers"] = _peers(
                         config, stack, server, models_dir / _model_dir_name(models_dir, model),
-                        work, model, features, results, log,
+                        work, model, features, log,
                     )  # fmt: skip
+        if "overload" in config.sections:
+            log("overload: admission off, at its defaults, and bounded")
+            results["overload"] = overload_section(config, models_dir, work, model, features, log)
         results["meta"]["duration_s"] = round(time.monotonic() - started, 1)
         results["summary"] = summarize(results)
         write_report(results, config)
@@ -223,6 +235,19 @@ def _service(
     return out
 
 
+def _histogram_sums(server: ServerProcess) -> Sums:
+    return scrape_sums(f"http://127.0.0.1:{server.metrics_port}/metrics")
+
+
+def _defense_shares(
+    server: ServerProcess, before: Sums, tenants: tuple[str, ...]
+) -> dict[str, Any]:
+    """Each tenant's defense seconds over its request seconds, from the server's own
+    histograms over the whole service section (see histograms.py)."""
+    delta = _histogram_sums(server).minus(before)
+    return {tenant: defense_share(delta, tenant) for tenant in tenants}
+
+
 def _binary(config: BenchConfig, server: ServerProcess, log: Log) -> list[dict[str, Any]]:
     out = []
     key = server.keys["on"]
@@ -256,37 +281,53 @@ def _batching(
     features: int,
     log: Log,
 ) -> list[dict[str, Any]]:
-    payload = v1_json(sample_rows(1, features))
-    out = []
-    for concurrency in config.batching_concurrencies:
-        measures = {
-            name: _wrk(
-                config, f"{s.url}/v1/models/{model}/predict", payload, concurrency, s.keys["on"]
-            )
-            for name, s in (("off", plain), ("on", batching))
+    """Micro-batching on vs off, one row per request, at each concurrency: on the served
+    model (``plain`` / ``batching``), then on the generated CNN (``cnn.py``, one 3072-float
+    row) under a pair of servers of its own; each pair in the same interleaved rounds."""
+    out: list[dict[str, Any]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="dynanoise-bench-cnn-") as scratch,
+        ExitStack() as stack,
+    ):
+        cnn_models = Path(scratch) / "models"
+        write_cnn_model(cnn_models)
+        servers = {
+            model: (plain, batching, v1_json(sample_rows(1, features))),
+            CNN_NAME: (
+                stack.enter_context(
+                    service_server(cnn_models, Path(scratch), batching_max_delay_ms=0.0, tag="cnn")
+                ),
+                stack.enter_context(
+                    service_server(
+                        cnn_models,
+                        Path(scratch),
+                        batching_max_delay_ms=config.batching_max_delay_ms,
+                        tag="cnn-batching",
+                    )
+                ),
+                v1_json(sample_rows(1, CNN_FEATURES)),
+            ),
         }
-        runs = _interleave(measures, config.load_repeats)
-        for name, results in runs.items():
-            out.append({"batching": name, "concurrency": concurrency,
-                        "max_delay_ms": config.batching_max_delay_ms if name == "on" else 0.0,
-                        **_load_summary(results)})  # fmt: skip
-        out.append({"batching": "on/off", "concurrency": concurrency,
-                    "throughput_ratio": ratios([r.throughput for r in runs["on"]],
-                                               [r.throughput for r in runs["off"]])})  # fmt: skip
-        log(f"  concurrency {concurrency}: done")
+        for served, (off, on, payload) in servers.items():
+            for concurrency in config.batching_concurrencies:
+                measures = {
+                    name: _wrk(config, f"{s.url}/v1/models/{served}/predict", payload,
+                               concurrency, s.keys["on"])
+                    for name, s in (("off", off), ("on", on))
+                }  # fmt: skip
+                runs = _interleave(measures, config.load_repeats)
+                for name, results in runs.items():
+                    out.append({"model": served, "batching": name, "concurrency": concurrency,
+                                "max_delay_ms": config.batching_max_delay_ms if name == "on" else 0.0,
+                                **_load_summary(results)})  # fmt: skip
+                out.append({"model": served, "batching": "on/off", "concurrency": concurrency,
+                            "throughput_ratio": ratios([r.throughput for r in runs["on"]],
+                                                       [r.throughput for r in runs["off"]])})  # fmt: skip
+                log(f"  {served}, concurrency {concurrency}: done")
     return out
 
 
-def _bentoml_python(config: BenchConfig) -> Path | None:
-    candidates = [config.bentoml_python] if config.bentoml_python else []
-    candidates += [BENCH_DIR / ".venv/bin/python", Path("/tmp/bench-venv/bin/python")]
-    for candidate in candidates:
-        if candidate is not None and candidate.is_file():
-            return candidate.absolute()
-    return None
-
-
-def _baselines(
+def _peers(
     config: BenchConfig,
     stack: ExitStack,
     server: ServerProcess,
@@ -294,54 +335,90 @@ def _baselines(
     work: Path,
     model: str,
     features: int,
-    results: dict[str, Any],
     log: Log,
 ) -> dict[str, Any]:
-    targets: dict[str, ServerProcess] = {
-        "naive": stack.enter_context(naive_server(model_dir, work))
-    }
-    python = _bentoml_python(config)
-    note = None
-    if python is None:
-        note = "BentoML not measured: no benchmark venv (make bench-venv, or --bentoml-python)"
-        log("  " + note)
-    else:
-        targets["bentoml"] = stack.enter_context(bentoml_server(python, model_dir, work))
-    out: dict[str, Any] = {"runs": [], "note": note, "rss_mb": {}}
-    if python is not None:
-        results["meta"]["bentoml_version"] = _bentoml_version(python)
-    concurrencies = sorted({config.comparison_concurrency, *config.concurrencies})
-    for n in config.baseline_rows:
-        payload = v1_json(sample_rows(n, features))
-        for concurrency in concurrencies if n == 1 else [config.comparison_concurrency]:
-            measures = {"service": _wrk(config, f"{server.url}/v1/models/{model}/predict",
-                                        payload, concurrency, server.keys["on"])}  # fmt: skip
-            for name, target in targets.items():
-                measures[name] = _wrk(config, f"{target.url}/predict", payload, concurrency, None)
+    """The service (v1, defense on) against every peer that starts and answers, and the
+    framework floor, in the same interleaved rounds. A peer without its venv, or that
+    fails to start or to answer, is reported as not measured; the run goes on."""
+    service_url = f"{server.url}/v1/models/{model}/predict"
+    input_name = json.loads((model_dir / "manifest.json").read_text())["input"]["name"]
+
+    def bodies(rows: int) -> dict[str, Payload]:
+        sample = sample_rows(rows, features)
+        return {"v1": v1_json(sample), "v2": v2_json(sample, input_name)}
+
+    answer = _answer(service_url, bodies(1)["v1"], server.keys["on"])
+    out: dict[str, Any] = {"servers": {}, "runs": [], "ratios": [], "rss_mb": {}}
+    started: dict[str, tuple[Peer, ServerProcess, str]] = {}  # name: (peer, server, url)
+    for peer in PEERS:
+        override = config.bentoml_python if peer.name == "bentoml" else None
+        python = python_for(peer, config.venvs_dir, override)
+        entry: dict[str, Any] = {"status": NOT_BUILT, "version": None, "protocol": peer.protocol,
+                                 "description": peer.description}  # fmt: skip
+        out["servers"][peer.name] = entry
+        if peer.venv is not None and python is None:
+            log(f"  {peer.name}: {NOT_BUILT}")
+            continue
+        entry["version"] = installed_version(
+            python or Path(sys.executable), _DISTRIBUTIONS.get(peer.name, peer.name)
+        )
+        try:
+            target = stack.enter_context(peer_server(
+                peer, python=python, model_dir=model_dir, model=model, work_dir=work,
+                floor_answer=answer,
+            ))  # fmt: skip
+        except ServerError as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()] or [""]
+            why = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+            entry["status"] = f"not measured (did not start: {why})"
+            log(f"  {peer.name}: {entry['status']}")
+            continue
+        url = target.url + peer.path.format(model=model)
+        problem = _probe(url, bodies(1)[peer.protocol])
+        entry["status"] = "measured" if problem is None else f"not measured ({problem})"
+        if problem is None:
+            started[peer.name] = (peer, target, url)
+        else:
+            log(f"  {peer.name}: {entry['status']}")
+    for n in config.peer_rows:
+        payloads = bodies(n)
+        for concurrency in config.peer_concurrencies if n == 1 else [config.comparison_concurrency]:
+            measures = {SERVICE: _wrk(config, service_url, payloads["v1"], concurrency,
+                                      server.keys["on"])}  # fmt: skip
+            for name, (peer, _, url) in started.items():
+                if n == 1 or name != FLOOR:  # the floor's fixed answer is one row's
+                    measures[name] = _wrk(config, url, payloads[peer.protocol], concurrency, None)
             runs = _interleave(measures, config.load_repeats)
-            for name, results_ in runs.items():
+            for name, results in runs.items():
                 out["runs"].append({"server": name, "rows": n, "concurrency": concurrency,
-                                    **_load_summary(results_)})  # fmt: skip
-            for name in targets:
-                out["runs"].append({"server": f"service/{name}", "rows": n, "concurrency": concurrency,
-                                    "throughput_ratio": ratios([r.throughput for r in runs["service"]],
-                                                               [r.throughput for r in runs[name]])})  # fmt: skip
+                                    **_load_summary(results)})  # fmt: skip
+            out["ratios"].append({"rows": n, "concurrency": concurrency, **compare(runs)})
             log(f"  {n} row(s), concurrency {concurrency}: done")
-    for name, target in targets.items():
-        out["rss_mb"][name] = target.rss_mb()
-    out["rss_mb"]["service"] = server.rss_mb()
+    out["rss_mb"] = {name: target.rss_mb() for name, (_, target, _) in started.items()}
+    out["rss_mb"][SERVICE] = server.rss_mb()
     return out
 
 
-def _bentoml_version(python: Path) -> str | None:
-    completed = subprocess.run(
-        [str(python), "-c", "import bentoml; print(bentoml.__version__)"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return completed.stdout.strip() or None
+_DISTRIBUTIONS = {"naive": "fastapi", "floor": "uvicorn"}  # what a peer's version is of
+
+
+def _answer(url: str, payload: Payload, key: str) -> bytes:
+    """The service's answer to ``payload``: the floor answers it, byte for byte."""
+    headers = {**payload.headers, "Authorization": f"Bearer {key}"}
+    response = httpx.post(url, content=payload.body, headers=headers, timeout=30.0)
+    response.raise_for_status()
+    return response.content
+
+
+def _probe(url: str, payload: Payload) -> str | None:
+    """Why a peer cannot be measured (it does not answer ``payload`` with 200), or None."""
+    try:
+        response = httpx.post(url, content=payload.body, headers=payload.headers, timeout=30.0)
+    except httpx.HTTPError as exc:
+        return f"no answer: {exc}"
+    if response.status_code != 200:
+        return f"answered {response.status_code}: {response.text[:200]}"
+    return None
 
 
 def _warm_up(server: ServerProcess, model: str, features: int) -> None:

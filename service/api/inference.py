@@ -10,10 +10,9 @@ and a line here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from ..serving import CODECS, Codec, DataPlane, InferenceCall
+from ..serving import CODECS, Codec, DataPlane, Encoded, InferenceCall
 from .deps import bearer
 from .schemas import (
     ERROR_RESPONSES,
@@ -41,10 +40,6 @@ logger = logging.getLogger("dynanoise.api")
 
 # Not sent (its client is gone); the status nginx logs for a request its client closed.
 CLIENT_CLOSED_REQUEST = 499
-
-# An inline request must find its tenant's cache entry still fresh when the data
-# plane reads it, a few hundred microseconds later: ask for this much margin.
-CACHE_MARGIN_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -124,43 +119,65 @@ def api_key_of(headers: Mapping[str, str]) -> str | None:
     return token
 
 
-async def serve(request: Request, route: InferenceRoute, params: Mapping[str, str]) -> Response:
-    """Answer one inference request: refused on its head when it may (no body read
-    for a missing key, `DataPlane.screen`), else inline on the event loop when nothing
-    in it can block (`DataPlane.cached_tenant`), else in the thread pool."""
-    plane: DataPlane = request.app.state.dataplane
+BodyReader = Callable[[], Awaitable[bytes]]
+"""Reads a request's whole body; raises ClientDisconnect when its client went away."""
+
+
+async def respond(
+    plane: DataPlane,
+    route: InferenceRoute,
+    params: Mapping[str, str],
+    headers: Mapping[str, str],
+    read_body: BodyReader,
+) -> Encoded | Response:
+    """Answer one inference request: its encoded answer, or the error `Response`.
+
+    Refused on its head when it may (no body read for a missing key,
+    `DataPlane.screen`), else run inline on the event loop when nothing in it can
+    block (`DataPlane.cached_tenant`), else in the thread pool. Both routes call this:
+    FastAPI's (`serve`) and the lean ASGI one (`service.api.fastpath`)."""
     try:
         head = InferenceCall(
             route.codec,
             params["model"],
             params.get("version"),
-            api_key_of(request.headers),
+            api_key_of(headers),
             b"",
-            request.headers,
+            headers,
         )
         plane.screen(head)
     except Exception as exc:
         return error_response(exc, route.path)
     try:
-        body = await request.body()  # the guard's size limit raises through here
+        body = await read_body()  # the guard's size limit raises through here
     except ClientDisconnect:
         # The client went away mid-body: nothing to answer, nothing gone wrong here.
         logger.debug("client disconnected before sending its body")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     try:
-        call = dataclasses.replace(head, body=body)
-        tenant = plane.cached_tenant(call, CACHE_MARGIN_SECONDS)
+        call = head.with_body(body)
+        tenant = plane.cached_tenant(call)
         if tenant is not None:
-            encoded = plane.infer(call, tenant)
-        else:
-            encoded = await run_in_threadpool(plane.infer, call)
+            return plane.infer(call, tenant)
+        return await run_in_threadpool(plane.infer, call)
     except Exception as exc:
         return error_response(exc, route.path)
+
+
+def encoded_response(encoded: Encoded) -> Response:
+    """A Starlette response of ``encoded`` (FastAPI's route)."""
     return Response(
         encoded.content,
         media_type=encoded.media_type,
         headers=dict(encoded.headers) if encoded.headers else None,
     )
+
+
+async def serve(request: Request, route: InferenceRoute, params: Mapping[str, str]) -> Response:
+    """FastAPI's inference endpoint: `respond` to a Starlette request."""
+    plane: DataPlane = request.app.state.dataplane
+    answer = await respond(plane, route, params, request.headers, request.body)
+    return answer if isinstance(answer, Response) else encoded_response(answer)
 
 
 Endpoint = Callable[..., Coroutine[Any, Any, Response]]

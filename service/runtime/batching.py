@@ -12,6 +12,15 @@ bounded by a delay and a size).
 
 If a merged run fails, each request is re-run alone, so one bad request gets its
 own error and never poisons the others.
+
+Gathering only pays when a call has a fixed cost worth sharing: merging k requests
+saves (k - 1) times the model's fixed per-call cost, and costs every request a
+hand-off between threads. So the batcher times every call it makes and keeps a
+running fit t(n) = fixed + per_row * n (``CallCost``); it gathers only while the
+fitted fixed cost is at least ``min_fixed_cost_s``, and otherwise runs each request
+at once, alone, with no coordination (a timed call and a few float updates). A
+model of 10-40 us a call (the shipped MLP) is never gathered; a small CNN whose
+call costs a millisecond, mostly per call, is.
 """
 
 from __future__ import annotations
@@ -26,6 +35,75 @@ import numpy as np
 from numpy.typing import NDArray
 
 Runner = Callable[[NDArray[Any]], NDArray[Any]]
+
+MIN_FIXED_COST_S = 0.5e-3
+"""Gather only for a model whose fixed cost per call is at least this. Moving a request
+to a worker thread, waking it with its rows and taking the GIL back costs a few hundred
+microseconds here (micro-batching the 30 us MLP that way ran at 0.55x); merging must
+save more than that per request it merges."""
+
+WARM_UP_CALLS = 4
+"""Calls a batcher makes alone, timing them, before it may start gathering: a session's
+first calls in a process, and in each new thread, pay one-time costs."""
+
+_DECAY = 0.02  # the slope fit's memory: about the last 1 / _DECAY calls
+_WINDOW = 16  # the fixed cost is a low quantile over this many recent calls
+_MIN_ROWS_VARIANCE = 0.25  # batch sizes spread this much (rows^2) before a slope is fitted
+
+
+class CallCost:
+    """A running estimate of a model's call time t(n) = fixed + per_row * n.
+
+    The slope is a least-squares fit over exponentially decayed sums (recent calls
+    count most); the fixed cost is the lower quartile of t - per_row * n over the last
+    ``_WINDOW`` calls: timing noise mostly adds (cache misses, first calls, interrupts),
+    so a low quantile is robust to it (and to a slope a little off) and still follows
+    a change.
+    While every call seen has had the same size the slope is unknown and ``fixed_s``
+    an upper bound (as if no part of a call grew with rows). Not thread-safe: its
+    owner serialises ``observe``.
+    """
+
+    def __init__(self, *, decay: float = _DECAY, window: int = _WINDOW) -> None:
+        if not 0 < decay <= 1 or window < 1:
+            raise ValueError("decay must be in (0, 1] and window >= 1")
+        self._keep = 1.0 - decay
+        self._weight = 0.0
+        self._rows = 0.0
+        self._rows_sq = 0.0
+        self._seconds = 0.0
+        self._rows_seconds = 0.0
+        self._recent: deque[tuple[int, float]] = deque(maxlen=window)
+        self.calls = 0
+        self.per_row_s: float | None = None
+        """The fitted cost of one more row; None until batch sizes have varied."""
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """Fold in one call of ``rows`` rows that took ``seconds``."""
+        self.calls += 1
+        self._recent.append((rows, seconds))
+        keep = self._keep
+        self._weight = self._weight * keep + 1.0
+        self._rows = self._rows * keep + rows
+        self._rows_sq = self._rows_sq * keep + rows * rows
+        self._seconds = self._seconds * keep + seconds
+        self._rows_seconds = self._rows_seconds * keep + rows * seconds
+        mean_rows = self._rows / self._weight
+        variance = self._rows_sq / self._weight - mean_rows * mean_rows
+        if variance >= _MIN_ROWS_VARIANCE:
+            covariance = (
+                self._rows_seconds / self._weight - mean_rows * self._seconds / self._weight
+            )
+            self.per_row_s = max(0.0, covariance / variance)
+
+    @property
+    def fixed_s(self) -> float:
+        """The fixed cost of a call (0 before any call)."""
+        if not self._recent:
+            return 0.0
+        per_row = self.per_row_s or 0.0
+        fixed = sorted(seconds - per_row * rows for rows, seconds in self._recent)
+        return max(0.0, fixed[len(fixed) // 4])
 
 
 class _Pending:
@@ -48,32 +126,51 @@ class _Pending:
 
 
 class AdaptiveBatcher:
-    """Merges concurrent ``run`` calls for one model (same sample shape and dtype).
+    """Merges concurrent ``run`` calls for one model (same sample shape and dtype),
+    when the model's measured cost says merging pays (``gathering``).
 
     ``runner`` maps a batch (n, ...) to outputs (n, ...), row i of the output
     belonging to row i of the input (an ONNX classifier's logits do). Thread-safe;
-    no thread of its own: callers take turns leading.
+    no thread of its own: callers take turns leading. ``clock`` times the runner's
+    calls: by default the calling thread's CPU time, which a preempted thread or one
+    waiting for the GIL does not accrue, so a loaded machine does not make a cheap
+    model look expensive (onnxruntime runs a one-thread session in the caller). Tests
+    pass their own.
     """
 
-    def __init__(self, runner: Runner, *, max_delay_s: float, max_batch: int) -> None:
-        if max_delay_s < 0 or max_batch < 1:
-            raise ValueError("max_delay_s must be >= 0 and max_batch >= 1")
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        max_delay_s: float,
+        max_batch: int,
+        min_fixed_cost_s: float = MIN_FIXED_COST_S,
+        clock: Callable[[], float] = time.thread_time,
+    ) -> None:
+        if max_delay_s < 0 or max_batch < 1 or min_fixed_cost_s < 0:
+            raise ValueError("max_delay_s and min_fixed_cost_s must be >= 0, max_batch >= 1")
         self._runner = runner
         self._max_delay_s = max_delay_s
         self._max_batch = max_batch
+        self._min_fixed_cost_s = min_fixed_cost_s
+        self._clock = clock
         self._cond = threading.Condition(threading.Lock())
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._leading = False  # a leader is gathering the queue into a batch
         self._running = 0  # merged runs in progress
         self._stats_lock = threading.Lock()
+        self.cost = CallCost()
+        self.gathering = False
+        """Whether new calls queue to be merged; else each runs at once, alone. Starts
+        False: the first ``WARM_UP_CALLS`` run alone and are timed."""
         self.runs = 0  # runner calls made (for tests and the bench)
         self.merged_runs = 0  # of which covered more than one request
 
     def run(self, batch: NDArray[Any]) -> NDArray[Any]:
         """The runner's output for ``batch``, possibly computed with other callers' rows."""
-        if batch.shape[0] >= self._max_batch:
-            return self._run_alone(batch)
+        if not self.gathering or batch.shape[0] >= self._max_batch:
+            return self._call(batch)
         pending = _Pending(batch)
         with self._cond:
             self._queue.append(pending)
@@ -156,10 +253,25 @@ class AdaptiveBatcher:
         item.promoted = False
         item.done.set()
 
-    def _run_alone(self, batch: NDArray[Any]) -> NDArray[Any]:
-        return self._call(batch)
-
     def _call(self, batch: NDArray[Any]) -> NDArray[Any]:
+        started = self._clock()
+        output = self._runner(batch)
+        elapsed = self._clock() - started
         with self._stats_lock:
             self.runs += 1
-        return self._runner(batch)
+            self.cost.observe(batch.shape[0], elapsed)
+            self._decide(elapsed)
+        return output
+
+    def _decide(self, elapsed: float) -> None:
+        """Gather while the fixed cost pays for it, with hysteresis (start at the
+        threshold, stop below half of it) so a noisy estimate does not flap."""
+        if self.cost.calls < WARM_UP_CALLS:
+            return
+        if not self.gathering and elapsed < self._min_fixed_cost_s:
+            return  # the fixed cost is at most this call's time: no estimate needed
+        fixed = self.cost.fixed_s
+        if self.gathering:
+            self.gathering = fixed >= self._min_fixed_cost_s / 2
+        else:
+            self.gathering = fixed >= self._min_fixed_cost_s

@@ -41,8 +41,8 @@ class InferenceCall:
     """One inference request, protocol-neutral.
 
     ``api_key`` is the bearer token as sent (None: no Authorization header), parsed
-    and hashed once into ``key``; ``headers`` are the request's (case-insensitive
-    names); ``body`` is the raw body, its size already capped.
+    and hashed once into ``key`` (unless given); ``headers`` are the request's
+    (case-insensitive names); ``body`` is the raw body, its size already capped.
     """
 
     codec: Codec
@@ -51,11 +51,17 @@ class InferenceCall:
     api_key: str | None
     body: bytes
     headers: Mapping[str, str]
-    key: PresentedKey | None = field(init=False, repr=False)
+    key: PresentedKey | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        key = PresentedKey.parse(self.api_key) if self.api_key else None
-        object.__setattr__(self, "key", key)
+        if self.key is None and self.api_key:
+            object.__setattr__(self, "key", PresentedKey.parse(self.api_key))
+
+    def with_body(self, body: bytes) -> InferenceCall:
+        """This call with its body read; the key stays parsed (hashed once)."""
+        return InferenceCall(
+            self.codec, self.model, self.version, self.api_key, body, self.headers, self.key
+        )
 
 
 class RequestObservation:
@@ -175,14 +181,16 @@ class DataPlane:
             )
             raise
 
-    def cached_tenant(self, call: InferenceCall, margin_seconds: float) -> Tenant | None:
+    def cached_tenant(self, call: InferenceCall, margin_seconds: float = 0.0) -> Tenant | None:
         """The caller's tenant when ``call`` may run on the event loop, else None.
 
         Only when nothing in it can block: its tenant is in this process's auth cache
-        (fresh for ``margin_seconds`` more), it has no limit of any kind (requests,
+        (fresh for ``margin_seconds`` more: none is needed when the tenant returned is
+        the one `infer` is given, as the routes do), it has no limit of any kind (requests,
         rows or repeated queries: the limiter may write to the database, and a capped
-        tenant's refusals are kept off the event loop like the others), micro-batching is
-        off (a batched request waits for others), the body is small
+        tenant's refusals are kept off the event loop like the others), no model's batcher
+        is gathering (a batched request waits for others; `Predictor.batching`), the body
+        is small
         (``inline_max_body_bytes``) and so is the work it can ask for: at most
         ``inline_max_noise_draws`` (rows x ensemble x classes, `noise_draws_bound`).
         """

@@ -109,9 +109,40 @@ class BloomSketch:
         n = self.capacity if keys is None else keys
         return float((1.0 - math.exp(-self.hashes * n / self.bits)) ** self.hashes)
 
-    def empty_pair(self) -> NDArray[np.uint8]:
-        """Two cleared filters."""
-        return np.zeros((2, self.bits // 8), dtype=np.uint8)
+    def empty_pair(self) -> tuple[bytearray, NDArray[np.uint8]]:
+        """Two cleared filters: their bytes (filter ``f``'s byte ``i`` at
+        ``f * bits / 8 + i``), through which one key is looked up byte by byte
+        (`found_one`, `add_one`), and a (2, bits / 8) array over the same memory."""
+        memory = bytearray(self.bits // 4)
+        return memory, np.frombuffer(memory, dtype=np.uint8).reshape(2, -1)
+
+    def spots(self, key: int) -> list[int]:
+        """The ``hashes`` bit positions of one key, as `positions` computes them (Python
+        integers: the sum is taken mod m directly, which the uint32 wrap-around there
+        leaves unchanged, m dividing 2^32)."""
+        first = key & 0xFFFFFFFF
+        step = (key >> 32) | 1
+        mask = self.bits - 1
+        return [(first + i * step) & mask for i in range(self.hashes)]
+
+    def found_one(self, pair: bytearray, spots: list[int]) -> bool:
+        """Whether either filter of ``pair`` (`empty_pair`'s bytes) has all of one key's bits;
+        `found` for a single key, without numpy's per-call cost (a key not inserted
+        usually misses on its first bit)."""
+        second = self.bits // 8
+        for offset in (0, second):
+            for spot in spots:
+                if not pair[offset + (spot >> 3)] & (1 << (spot & 7)):
+                    break
+            else:
+                return True
+        return False
+
+    def add_one(self, pair: bytearray, current: int, spots: list[int]) -> None:
+        """Set one key's bits in filter ``current`` of ``pair`` (`empty_pair`'s bytes)."""
+        offset = current * (self.bits // 8)
+        for spot in spots:
+            pair[offset + (spot >> 3)] |= 1 << (spot & 7)
 
     def positions(self, keys: NDArray[np.uint64]) -> tuple[NDArray[np.intp], NDArray[np.uint8]]:
         """(byte index, bit mask) of each of the ``hashes`` bits of each key: (n, hashes)."""
@@ -146,8 +177,9 @@ _BIT_OF = np.left_shift(np.uint8(1), np.arange(8, dtype=np.uint8))
 @dataclass(slots=True)
 class _TenantWindow:
     """A tenant's two filters (``current`` indexes this window's, the other is the
-    last window's) and its repeat counts in both."""
+    last window's), as bytes and as an array over them, and its repeat counts in both."""
 
+    memory: bytearray
     filters: NDArray[np.uint8]
     started: float
     current: int = 0
@@ -203,7 +235,17 @@ class RepeatedQueryMonitor:
         if n == 0:
             return 0
         keys = self._hasher(batch)
-        positions = self.sketch.positions(keys)
+        sketch = self.sketch
+        if n == 1:  # the usual request: bit by bit, no numpy call per step
+            spots = sketch.spots(int(keys[0]))
+            with self._lock:
+                window = self._window(tenant, create=True)
+                assert window is not None
+                count = int(sketch.found_one(window.memory, spots))
+                sketch.add_one(window.memory, window.current, spots)
+                window.repeats += count
+            return count
+        positions = sketch.positions(keys)
         with self._lock:
             window = self._window(tenant, create=True)
             assert window is not None
@@ -271,7 +313,7 @@ class RepeatedQueryMonitor:
                 return None
             if len(self._tenants) >= self.max_tenants:
                 self._tenants.popitem(last=False)
-            window = _TenantWindow(self.sketch.empty_pair(), now)
+            window = _TenantWindow(*self.sketch.empty_pair(), now)
             self._tenants[tenant] = window
             return window
         self._tenants.move_to_end(tenant)

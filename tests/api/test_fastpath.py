@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from service.api import fastpath, inference
 from service.app import create_app
 from service.defense import DefenseParams
+from service.inference import Predictor
 from service.protocol import encode_v2_request
 from service.settings import Settings
 from service.tenants import TenantStore
@@ -205,17 +206,38 @@ def test_small_requests_of_a_cached_tenant_run_inline(
     assert _hops(cached, monkeypatch, {}, SMALL) == 1
 
 
+def test_batching_keeps_a_model_measured_cheap_inline(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batching = settings.model_copy(
+        update={"tenant_cache_seconds": 60.0, "batching_max_delay_ms": 1.0}
+    )
+    # The toy model costs microseconds a call: its batcher never gathers, so its
+    # requests stay on the event loop (the first loads the tenant in the pool).
+    assert _hops(batching, monkeypatch, {}, SMALL) == 1
+
+
+def test_a_gathering_batcher_keeps_its_callers_off_the_event_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model whose batcher gathers makes its callers wait for others' rows.
+    batching = settings.model_copy(
+        update={"tenant_cache_seconds": 60.0, "batching_max_delay_ms": 1.0}
+    )
+    monkeypatch.setattr(Predictor, "batching", property(lambda self: True))
+    assert _hops(batching, monkeypatch, {}, SMALL) == 3
+
+
 @pytest.mark.parametrize(
     ("changes", "tenant", "body"),
     [
         ({"tenant_cache_seconds": 0.0}, {}, SMALL),  # every request may query the database
         ({}, {"rate_limit_per_second": 1000.0}, SMALL),  # the limiter may write to it
         ({}, {"rows_per_second": 1000.0}, SMALL),  # so may the rows limiter
-        ({"batching_max_delay_ms": 1.0}, {}, SMALL),  # a batched request waits for others
         ({"inline_max_body_bytes": 0}, {}, SMALL),  # inline switched off
         ({"inline_max_body_bytes": 100}, {}, orjson.dumps({"instances": [ROW_TOY] * 8})),
     ],
-    ids=["no-cache", "rate-limited", "rows-limited", "batching", "inline-off", "large-body"],
+    ids=["no-cache", "rate-limited", "rows-limited", "inline-off", "large-body"],
 )
 def test_requests_that_could_block_the_event_loop_use_the_thread_pool(
     settings: Settings,

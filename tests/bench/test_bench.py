@@ -35,6 +35,11 @@ SUMMARY_KEYS = {
     "throughput_ratio_defense_on_off",
     "throughput_ratio_vs_naive",
     "throughput_ratio_vs_bentoml",
+    "throughput_ratio_vs_best_peer",
+    "best_peer",
+    "throughput_ratio_vs_mlserver",
+    "fraction_of_framework_floor",
+    "p99_c32_over_best_peer",
 }
 
 
@@ -97,7 +102,17 @@ def test_a_one_second_load_measures_the_service_on_and_off_and_its_memory(
     for row in rows:
         assert row["errors"] == 0 and row["requests"] > 0
         assert row["throughput_rps"]["median"] > 0 and row["p99_ms"]["median"] > 0
-    assert "## (b) Service throughput" in (tmp_path / "bench" / "README.md").read_text()
+    # The server's own histograms saw every request wrk counted, plus at most the ones
+    # in flight when each run stopped (4 connections, 2 endpoints); the defense is a
+    # positive part of each request's time.
+    served = {t: sum(r["requests"] for r in rows if r["defense"] == t) for t in ("on", "off")}
+    for tenant, share in results["defense_share"].items():
+        assert served[tenant] <= share["requests"] <= served[tenant] + 4 * 2
+        assert 0 < share["share"] < 1
+    summary = results["summary"]
+    assert summary["defense_share_of_request_time"] == results["defense_share"]["on"]["share"]
+    readme = (tmp_path / "bench" / "README.md").read_text()
+    assert "## (b) Service throughput" in readme and "Defense share of request time" in readme
 
 
 def test_wrk_summary_is_parsed_and_a_missing_one_is_an_error() -> None:

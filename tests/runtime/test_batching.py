@@ -18,7 +18,7 @@ from service.errors import BadInput
 from service.inference import DefenseContext, Predictor
 from service.metrics import ServiceMetrics
 from service.runtime import OnnxClassifier
-from service.runtime.batching import AdaptiveBatcher
+from service.runtime.batching import WARM_UP_CALLS, AdaptiveBatcher
 
 from ..live import live_server
 from ..onnx_factory import linear_logits, write_linear_model
@@ -26,7 +26,8 @@ from ..onnx_factory import linear_logits, write_linear_model
 
 class SlowDouble:
     """A runner that doubles its input, slowly enough for callers to pile up, and
-    fails on any batch holding a negative first feature."""
+    fails on any batch holding a negative first feature. It sleeps, so its cost shows
+    on a wall clock (``_batcher``), not in CPU time."""
 
     def __init__(self, delay_s: float = 0.005) -> None:
         self.delay_s = delay_s
@@ -42,6 +43,12 @@ class SlowDouble:
         return batch * 2.0
 
 
+def _batcher(runner: SlowDouble, *, max_delay_s: float, max_batch: int) -> AdaptiveBatcher:
+    return AdaptiveBatcher(
+        runner, max_delay_s=max_delay_s, max_batch=max_batch, clock=time.perf_counter
+    )
+
+
 def _hammer(call: Callable[[int], object], n_calls: int, workers: int = 16) -> list[object]:
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(call, range(n_calls)))
@@ -49,7 +56,7 @@ def _hammer(call: Callable[[int], object], n_calls: int, workers: int = 16) -> l
 
 def test_each_caller_gets_its_own_rows_under_concurrency() -> None:
     runner = SlowDouble()
-    batcher = AdaptiveBatcher(runner, max_delay_s=0.01, max_batch=64)
+    batcher = _batcher(runner, max_delay_s=0.01, max_batch=64)
 
     def call(i: int) -> tuple[int, np.ndarray]:
         rows = 1 + i % 4
@@ -68,7 +75,7 @@ def test_each_caller_gets_its_own_rows_under_concurrency() -> None:
 
 
 def test_a_failing_request_does_not_poison_the_others() -> None:
-    batcher = AdaptiveBatcher(SlowDouble(), max_delay_s=0.01, max_batch=64)
+    batcher = _batcher(SlowDouble(), max_delay_s=0.01, max_batch=64)
 
     def call(i: int) -> object:
         batch = np.array([[-1.0 if i % 5 == 0 else float(i), 0.0]])
@@ -88,13 +95,16 @@ def test_a_failing_request_does_not_poison_the_others() -> None:
 
 
 def test_an_idle_model_runs_at_once_and_big_batches_go_alone() -> None:
-    runner = SlowDouble(delay_s=0.0)
-    batcher = AdaptiveBatcher(runner, max_delay_s=5.0, max_batch=8)
+    runner = SlowDouble(delay_s=0.001)
+    batcher = _batcher(runner, max_delay_s=5.0, max_batch=8)
+    for _ in range(WARM_UP_CALLS):  # run alone and timed
+        np.testing.assert_array_equal(batcher.run(np.ones((1, 2))), 2 * np.ones((1, 2)))
+    assert batcher.gathering  # 1 ms a call, all of it fixed: worth gathering
     started = time.monotonic()
     np.testing.assert_array_equal(batcher.run(np.ones((1, 2))), 2 * np.ones((1, 2)))
     assert time.monotonic() - started < 1.0  # did not wait out the 5 s delay
     np.testing.assert_array_equal(batcher.run(np.ones((20, 2))), 2 * np.ones((20, 2)))
-    assert runner.sizes == [1, 20]
+    assert runner.sizes == [1] * (WARM_UP_CALLS + 1) + [20]
 
 
 def test_invalid_settings_are_refused() -> None:
@@ -127,7 +137,13 @@ def test_predictor_batched_answers_match_unbatched(
         ),
     ]
     plain = Predictor(ServiceMetrics())
-    batched = Predictor(ServiceMetrics(), batching_max_delay_ms=20.0, batching_max_batch=32)
+    # A bar of zero: the linear model's microseconds a call are worth gathering.
+    batched = Predictor(
+        ServiceMetrics(),
+        batching_max_delay_ms=20.0,
+        batching_max_batch=32,
+        batching_min_fixed_cost_s=0.0,
+    )
     # Slow the model down a little so concurrent calls pile up behind a running batch.
     batcher = batched.batcher(model)
     assert batcher is not None
@@ -159,7 +175,12 @@ def test_predictor_batched_answers_match_unbatched(
 def test_predictor_reports_non_finite_logits_for_the_guilty_request_only(tmp_path: Path) -> None:
     model_dir = write_linear_model(tmp_path, name="big", n_features=2, n_classes=3, scale=1e30)
     model = OnnxClassifier.load(model_dir)
-    predictor = Predictor(ServiceMetrics(), batching_max_delay_ms=20.0, batching_max_batch=64)
+    predictor = Predictor(
+        ServiceMetrics(),
+        batching_max_delay_ms=20.0,
+        batching_max_batch=64,
+        batching_min_fixed_cost_s=0.0,
+    )
     context = DefenseContext("t", DefenseParams(), b"s" * 32)
 
     def call(i: int) -> object:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -380,11 +381,11 @@ def test_cached_answers_only_from_a_fresh_cache_entry_and_never_queries(
     loaded = len(statements)
     cached = store.cached(key)
     assert cached is not None and cached.name == "acme"
-    clock.advance(0.9)
+    clock.advance(0.4)  # before the refresh-ahead point: nothing is asked at all
     assert store.cached(key) is not None
-    assert store.cached(key, min_remaining_seconds=0.2) is None  # expires within 0.2 s
-    clock.advance(0.2)
-    assert store.cached(key) is None
+    assert store.cached(key, min_remaining_seconds=0.7) is None  # expires within 0.7 s
+    clock.advance(0.7)
+    assert store.cached(key) is None  # expired: no refresh either, "ask authenticate"
     assert len(statements) == loaded
 
 
@@ -395,12 +396,36 @@ def test_change_by_another_process_arrives_within_ttl(
     _, key = admin.create("acme")
     before = replica.authenticate(key)
     admin.update("acme", temperature=3.0)
-    clock.advance(0.5)
+    clock.advance(0.4)  # before the refresh-ahead point (half the TTL)
     assert replica.authenticate(key) == before  # still cached
-    clock.advance(0.6)
+    clock.advance(0.7)
     after = replica.authenticate(key)
     assert after is not None
     assert after.params.temperature == 3.0
+
+
+def test_a_key_in_use_is_refreshed_ahead_and_never_expires_under_traffic(
+    make_store: MakeStore, clock: FakeClock
+) -> None:
+    admin, replica = make_store(), make_store(cache_ttl_seconds=1.0)
+    _, key = admin.create("acme")
+    before = replica.authenticate(key)
+    admin.update("acme", temperature=3.0)
+    clock.advance(0.4)
+    assert replica.cached(key) == before  # fresh, and not yet due a refresh
+    assert replica._refresher is None
+    clock.advance(0.2)
+    # Past half the TTL: the cached answer still comes back at once, and a lookup
+    # starts in the background (on the store's own thread, never the caller's).
+    assert replica.cached(key) == before
+    deadline = time.monotonic() + 10.0
+    while (refreshed := replica.cached(key)) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert refreshed is not None and refreshed.params.temperature == 3.0
+    # The refreshed entry was loaded at 0.6: still fresh at 1.5, when the first
+    # entry would have expired and sent every request to the database.
+    clock.advance(0.9)
+    assert replica.cached(key) == refreshed
 
 
 def test_rotation_by_another_process_revokes_within_ttl(

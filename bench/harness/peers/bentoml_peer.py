@@ -1,10 +1,10 @@
-"""The benchmark's BentoML service: the same ONNX model, served the BentoML way.
+"""BentoML's recommended path: a ``@bentoml.service`` class wrapping onnxruntime.
 
-Runs only in the benchmark's own virtual environment (BentoML is never installed
-next to the service): ``bentoml serve bentoml_service:Classifier --working-dir
-bench/harness`` with BENCH_MODEL_DIR=<model dir>. The body is the v1 one,
-``{"instances": [[...], ...]}``; the answer holds each row's label and softmax.
-No defense: like the naive app, it is the framework's cost we compare.
+Runs only in its own virtual environment (bench/.venvs/bentoml): ``bentoml serve
+bentoml_peer:Classifier --working-dir bench/harness/peers`` with BENCH_MODEL_DIR=<model
+dir> (``servers.bentoml_server``). One worker, access log and metrics off. The body is
+the v1 one, ``{"instances": [[...], ...]}``, to ``POST /predict``; the answer holds each
+row's label and softmax.
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ import onnxruntime as ort
 from bentoml.validators import DType
 
 
-@bentoml.service(workers=1, traffic={"timeout": 30})
+@bentoml.service(
+    workers=1,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": False}},
+    metrics={"enabled": False},
+)
 class Classifier:
     def __init__(self) -> None:
         model_dir = Path(os.environ["BENCH_MODEL_DIR"])

@@ -1,0 +1,210 @@
+"""Admission control: a bounded queue in front of the inference routes of one worker.
+
+Triton's queue policy, per process: at most ``max_in_flight`` inference requests are
+processed at once; the next ones wait in FIFO order, at most ``max_queue`` of them and
+each at most ``max_queue_delay_seconds``; a request beyond either bound is answered
+503 ``overloaded`` with ``Retry-After`` at once instead of being queued without limit.
+So an admitted request waits at most the delay, and a client of an overloaded worker
+learns it in milliseconds and can go elsewhere. Only inference requests
+(`service.api.inference.INFERENCE_ROUTES`) are admitted or shed: health, metadata,
+admin and docs always pass. One event loop per worker, so no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .inference import match
+from .middleware import SECURITY_HEADERS
+from .status import ErrorStatus, error_body, error_headers, is_v2_path, route_path
+
+__all__ = [
+    "OVERLOADED",
+    "AdmissionController",
+    "AdmissionLimits",
+    "AdmissionMiddleware",
+    "ShedReason",
+    "is_inference_request",
+]
+
+ShedReason = Literal["queue_full", "queue_timeout"]
+"""Why a request was shed: no room in the queue, or it waited the longest delay."""
+
+Shed = Callable[[str, ShedReason, float], None]
+"""Told of every request the middleware sheds: (path, reason, seconds it waited)."""
+
+RETRY_AFTER_SECONDS = 1
+"""What a shed request's Retry-After says: a queue drains in milliseconds, and a
+client (or a load balancer) that waits longer only idles the worker."""
+
+OVERLOADED = ErrorStatus(
+    503,
+    "overloaded",
+    f"server overloaded: retry after {RETRY_AFTER_SECONDS} s",
+    {"Retry-After": str(RETRY_AFTER_SECONDS)},
+)
+"""The answer to a shed request (v1 or v2 body shape by its path)."""
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """See the settings of the same names (``admission_*``). ``max_in_flight`` 0:
+    admission off; ``max_queue`` 0 or ``max_queue_delay_seconds`` 0: that bound is
+    off (Triton's convention for its queue policy)."""
+
+    max_in_flight: int = 0
+    max_queue: int = 0
+    max_queue_delay_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 0 or self.max_queue < 0 or self.max_queue_delay_seconds < 0:
+            raise ValueError("admission limits must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_in_flight > 0
+
+
+class AdmissionController:
+    """Slots for ``max_in_flight`` requests and a FIFO queue of waiters for them.
+
+    A finished request hands its slot straight to the oldest waiter, so a newcomer
+    never overtakes the queue. Use from one event loop only.
+    """
+
+    def __init__(
+        self, limits: AdmissionLimits, on_depth: Callable[[int], None] | None = None
+    ) -> None:
+        if not limits.enabled:
+            raise ValueError("AdmissionController needs max_in_flight > 0")
+        self.limits = limits
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._on_depth = on_depth
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> ShedReason | None:
+        """Take a slot, waiting in the queue if need be: None once admitted (call
+        `release` when done), else why the request is shed."""
+        if self.in_flight < self.limits.max_in_flight and not self._waiters:
+            self.in_flight += 1
+            return None
+        if self.limits.max_queue and len(self._waiters) >= self.limits.max_queue:
+            return "queue_full"
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._waiters.append(waiter)
+        self._depth_changed()
+        timer = None
+        if self.limits.max_queue_delay_seconds:
+            timer = loop.call_later(self.limits.max_queue_delay_seconds, self._expire, waiter)
+        try:
+            admitted = await waiter
+        except asyncio.CancelledError:
+            # The request's task was cancelled (shutdown, a lost client): give back a
+            # slot that was handed over in the meantime, or leave the queue.
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.release()
+            else:
+                self._leave(waiter)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return None if admitted else "queue_timeout"
+
+    def release(self) -> None:
+        """Give the slot back: to the oldest waiter when there is one."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._depth_changed()
+                waiter.set_result(True)  # the slot passes on: in_flight is unchanged
+                return
+        self.in_flight -= 1
+
+    def _expire(self, waiter: asyncio.Future[bool]) -> None:
+        if not waiter.done():
+            self._leave(waiter)
+            waiter.set_result(False)
+
+    def _leave(self, waiter: asyncio.Future[bool]) -> None:
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            return
+        self._depth_changed()
+
+    def _depth_changed(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._waiters))
+
+
+def is_inference_request(scope: Scope) -> bool:
+    """A POST to one of the inference routes (the only requests admission holds)."""
+    return scope["method"] == "POST" and match(route_path(scope)) is not None
+
+
+class AdmissionMiddleware:
+    """Pure ASGI: inference requests pass through an `AdmissionController` (one per
+    middleware, so one per worker process); the shed are answered 503 ``overloaded``
+    with ``Retry-After``, the security headers and the error body of their protocol.
+    Everything else, and everything when the limits are off, passes untouched."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: AdmissionLimits,
+        *,
+        on_shed: Shed | None = None,
+        on_depth: Callable[[int], None] | None = None,
+        admits: Callable[[Scope], bool] = is_inference_request,
+    ) -> None:
+        self.app = app
+        self.controller = AdmissionController(limits, on_depth) if limits.enabled else None
+        self.on_shed = on_shed
+        self.admits = admits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        controller = self.controller
+        if controller is None or scope["type"] != "http" or not self.admits(scope):
+            await self.app(scope, receive, send)
+            return
+        started_at = time.perf_counter()
+        reason = await controller.acquire()
+        if reason is not None:
+            if self.on_shed is not None:
+                self.on_shed(scope["path"], reason, time.perf_counter() - started_at)
+            await _answer_overloaded(scope, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            controller.release()
+
+
+async def _answer_overloaded(scope: Scope, send: Send) -> None:
+    body = error_body(OVERLOADED, v2=is_v2_path(route_path(scope)))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": OVERLOADED.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in error_headers(OVERLOADED).items()),
+                *SECURITY_HEADERS,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
