@@ -10,6 +10,8 @@ and a line here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -157,6 +159,15 @@ async def respond(
     try:
         call = head.with_body(body)
         tenant = plane.cached_tenant(call)
+        if tenant is None and (lookup := plane.tenant_lookup(call)) is not None:
+            # The key's entry expired while it was idle: wait for its lookup here, on
+            # the event loop, then run inline, rather than give each request a pool
+            # thread (threads convoy on the GIL: ~15 ms a request at the start of a
+            # burst). A lookup that fails or is slow leaves the request to the pool.
+            with contextlib.suppress(Exception):
+                waiting = asyncio.shield(asyncio.wrap_future(lookup))  # never cancel it
+                await asyncio.wait_for(waiting, plane.lookup_wait_seconds)
+            tenant = plane.cached_tenant(call)
         if tenant is not None:
             return plane.infer(call, tenant)
         return await run_in_threadpool(plane.infer, call)

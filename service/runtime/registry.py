@@ -289,8 +289,9 @@ class ModelRegistry:
         directory = self._models_dir / name
         if (directory / MANIFEST_FILE).is_file():
             return directory
+        # Relative to the repository: an error body never shows the server's paths.
         raise UnknownModel(
-            f"unknown model {echo(name)}: no {MANIFEST_FILE} in {self._models_dir / name}"
+            f"unknown model {echo(name)}: the model repository has no {name}/{MANIFEST_FILE}"
         )
 
     def _put(self, model: OnnxClassifier, directory: Path) -> None:

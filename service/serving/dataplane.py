@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -180,6 +181,20 @@ class DataPlane:
                 time.perf_counter() - started,
             )
             raise
+
+    @property
+    def lookup_wait_seconds(self) -> float:
+        """How long a request waits on the event loop for its key's lookup
+        (`tenant_lookup`) before it goes to the thread pool like any other."""
+        return self.services.settings.store_timeout_seconds
+
+    def tenant_lookup(self, call: InferenceCall) -> Future[Tenant | None] | None:
+        """The lookup under way of ``call``'s key when the key was answered before
+        (`TenantStore.lookup_under_way`) and the call is small enough to run inline
+        once its tenant is known; None otherwise."""
+        if call.key is None or len(call.body) > self.services.settings.inline_max_body_bytes:
+            return None
+        return self.services.store.lookup_under_way(call.key)
 
     def cached_tenant(self, call: InferenceCall, margin_seconds: float = 0.0) -> Tenant | None:
         """The caller's tenant when ``call`` may run on the event loop, else None.

@@ -408,9 +408,14 @@ class TenantStore:
     ) -> Tenant | None:
         """The tenant owning ``api_key`` if this process holds a fresh answer for it
         (one that stays fresh for at least ``min_remaining_seconds`` more), else None.
+        While another call is asking the database for this key, the last answer within
+        `stale_grace_seconds`, which is what `authenticate` gives that call's followers.
 
         Never touches the database, so it may run on the event loop: a None means
-        "ask ``authenticate``", not "unknown key".
+        "ask ``authenticate``", not "unknown key". Answering the followers here keeps
+        them on the event loop: when a key's entry expired after an idle spell, one
+        request asks the database and the rest do not each take a pool thread (those
+        threads convoyed on the GIL, ~15 ms a request, the start-of-run tail).
         """
         presented = _presented(api_key)
         if presented is None:
@@ -418,11 +423,39 @@ class TenantStore:
         now = self._clock()
         with self._lock:
             entry = self._cache.get(presented.key_hash)
-            if entry is None or now - entry.loaded_at + min_remaining_seconds >= self._cache_ttl:
+            if entry is None:
                 return None
+            age = now - entry.loaded_at
+            if age + min_remaining_seconds >= self._cache_ttl:
+                asked = presented.key_hash in self._flights
+                return entry.tenant if asked and age <= self._stale_grace else None
             refresh = self._claim_refresh(presented.key_hash, entry, now)
         self._start_refresh(presented, refresh, now)
         return entry.tenant
+
+    def lookup_under_way(self, api_key: str | PresentedKey | None) -> Future[Tenant | None] | None:
+        """For a key this process has answered before: the lookup of its tenant under
+        way, started here on the store's refresh thread when none is. None for a
+        malformed key or one never answered, whose lookup stays with `authenticate`.
+
+        Never blocks, so the event loop can await the result instead of giving a pool
+        thread to each request whose key's entry expired while the key was idle.
+        """
+        presented = _presented(api_key)
+        if presented is None:
+            return None
+        key_hash = presented.key_hash
+        now = self._clock()
+        with self._lock:
+            if key_hash not in self._cache:
+                return None
+            flight = self._flights.get(key_hash)
+            if flight is not None:
+                return flight
+            flight = self._flights[key_hash] = Future()
+            generation = self._generation
+        self._start_refresh(presented, (flight, generation), now)
+        return flight
 
     def ping(self) -> bool:
         """Whether the store can be used (for readiness probes): its SQLite file is

@@ -190,3 +190,31 @@ def test_a_cached_tenant_runs_inline_until_its_entry_expires(
     hops.clear()
     assert fast.post("/v1/models/toy/predict", content=body, headers=key).status_code == 200
     assert not hops
+
+
+def test_an_expired_entry_is_looked_up_on_the_event_loop_and_the_request_runs_inline(
+    both: tuple[TestClient, TestClient, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key answered before whose entry expired while it was idle: the request waits
+    for the key's lookup (on the store's refresh thread) on the event loop, then runs
+    inline; no pool thread per request."""
+    fast, _, key = both
+    hops: list[object] = []
+    hop = inference.run_in_threadpool
+
+    async def counted(*args: object) -> object:
+        hops.append(args)
+        return await hop(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inference, "run_in_threadpool", counted)
+    body = orjson.dumps({"instances": [ROW_TOY]})
+    assert fast.post("/v1/models/toy/predict", content=body, headers=key).status_code == 200
+    store = fast.app.state.services.store  # type: ignore[attr-defined]
+    (entry,) = store._cache.values()
+    expired_at = entry.loaded_at + store._cache_ttl + 5.0  # idle past the TTL
+    monkeypatch.setattr(store, "_clock", lambda: expired_at)
+    hops.clear()
+    assert fast.post("/v1/models/toy/predict", content=body, headers=key).status_code == 200
+    assert not hops
+    (refreshed,) = store._cache.values()
+    assert refreshed.loaded_at == expired_at  # looked up again, not served stale

@@ -7,7 +7,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -387,6 +387,22 @@ def test_cached_answers_only_from_a_fresh_cache_entry_and_never_queries(
     clock.advance(0.7)
     assert store.cached(key) is None  # expired: no refresh either, "ask authenticate"
     assert len(statements) == loaded
+
+
+def test_while_a_key_is_being_looked_up_cached_answers_its_followers_with_the_last_tenant(
+    store: TenantStore, clock: FakeClock
+) -> None:
+    _, key = store.create("acme")
+    tenant = store.authenticate(key)
+    clock.advance(1.5)  # expired, within the stale grace
+    assert store.cached(key) is None  # nobody is asking: this caller must
+    # Another call leads the lookup (as `authenticate` would, in a pool thread): its
+    # followers get the last answer, as authenticate's followers do, on the event loop.
+    (key_hash,) = store._cache
+    store._flights[key_hash] = Future()
+    assert store.cached(key) == tenant
+    clock.advance(store._stale_grace)  # past the grace: never an answer that old
+    assert store.cached(key) is None
 
 
 def test_change_by_another_process_arrives_within_ttl(
