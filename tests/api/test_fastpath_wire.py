@@ -167,12 +167,8 @@ def test_answers_and_all_their_headers_match_fastapis(
     assert len(served) == 2 * len(cases)
 
 
-def test_a_cached_tenant_runs_inline_until_its_entry_expires(
-    both: tuple[TestClient, TestClient, dict[str, str]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """No margin is asked of the tenant cache: the tenant found is the one the data
-    plane is given, so a request runs inline for as long as its entry is fresh."""
-    fast, _, key = both
+def _count_hops(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The thread-pool hops of the inference routes from now on, one entry each."""
     hops: list[object] = []
     hop = inference.run_in_threadpool
 
@@ -181,6 +177,16 @@ def test_a_cached_tenant_runs_inline_until_its_entry_expires(
         return await hop(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(inference, "run_in_threadpool", counted)
+    return hops
+
+
+def test_a_cached_tenant_runs_inline_until_its_entry_expires(
+    both: tuple[TestClient, TestClient, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No margin is asked of the tenant cache: the tenant found is the one the data
+    plane is given, so a request runs inline for as long as its entry is fresh."""
+    fast, _, key = both
+    hops = _count_hops(monkeypatch)
     body = orjson.dumps({"instances": [ROW_TOY]})
     assert fast.post("/v1/models/toy/predict", content=body, headers=key).status_code == 200
     store = fast.app.state.services.store  # type: ignore[attr-defined]
@@ -199,14 +205,7 @@ def test_an_expired_entry_is_looked_up_on_the_event_loop_and_the_request_runs_in
     for the key's lookup (on the store's refresh thread) on the event loop, then runs
     inline; no pool thread per request."""
     fast, _, key = both
-    hops: list[object] = []
-    hop = inference.run_in_threadpool
-
-    async def counted(*args: object) -> object:
-        hops.append(args)
-        return await hop(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(inference, "run_in_threadpool", counted)
+    hops = _count_hops(monkeypatch)
     body = orjson.dumps({"instances": [ROW_TOY]})
     assert fast.post("/v1/models/toy/predict", content=body, headers=key).status_code == 200
     store = fast.app.state.services.store  # type: ignore[attr-defined]
