@@ -447,8 +447,9 @@ class TenantStore:
         key_hash = presented.key_hash
         now = self._clock()
         with self._lock:
-            if key_hash not in self._cache:
-                return None
+            entry = self._cache.get(key_hash)
+            if entry is None or now - entry.loaded_at < self._cache_ttl:
+                return None  # never answered, or fresh: nothing to wait for
             flight = self._flights.get(key_hash)
             if flight is not None:
                 return flight

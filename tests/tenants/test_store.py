@@ -405,6 +405,18 @@ def test_while_a_key_is_being_looked_up_cached_answers_its_followers_with_the_la
     assert store.cached(key) is None
 
 
+def test_a_lookup_is_started_for_an_expired_entry_only(
+    store: TenantStore, clock: FakeClock
+) -> None:
+    _, key = store.create("acme")
+    assert store.lookup_under_way(key) is None  # never answered: authenticate's job
+    store.authenticate(key)
+    assert store.lookup_under_way(key) is None  # fresh: nothing to wait for
+    clock.advance(1.5)
+    lookup = store.lookup_under_way(key)
+    assert lookup is not None and lookup.result(timeout=10) is not None
+
+
 def test_change_by_another_process_arrives_within_ttl(
     make_store: MakeStore, clock: FakeClock
 ) -> None:
