@@ -4,6 +4,7 @@ built once and passed down."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -233,6 +234,13 @@ class Settings(BaseSettings):
         "`overloaded` with Retry-After (0 = no bound on the wait).",
     )
     log_level: str = "info"
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        default="asyncio",
+        description="uvicorn's event loop. asyncio answers requests in the order they "
+        "arrive; uvloop costs about 10 % less CPU a request but, once a worker is "
+        "saturated, leaves some connections unread for hundreds of milliseconds (p99 "
+        "20x p50 at 64 connections, bench/README.md).",
+    )
     # Inline inference by cost (issue 14): what may run on the event loop.
     inline_max_noise_draws: int = Field(
         default=8192,

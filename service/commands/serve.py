@@ -176,6 +176,9 @@ def _run_uvicorn(settings: Settings, app: Any, factory: bool) -> None:
     uvicorn.run(
         app,
         factory=factory,
+        # asyncio's loop, not uvloop, by default: under saturation uvloop serves some
+        # connections over and over while others wait unread (settings.event_loop).
+        loop=settings.event_loop,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
