@@ -7,13 +7,15 @@ answer tables instead of DynaNoise: deterministic, no noise drawn.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,7 +31,7 @@ from .defense import (
 from .errors import BadInput, DefenseFailure, OutputModeUnavailable
 from .metrics import ServiceMetrics
 from .runtime import OnnxClassifier
-from .runtime.batching import MIN_FIXED_COST_S, AdaptiveBatcher
+from .runtime.batching import MIN_FIXED_COST_S, AdaptiveBatcher, LoopGatherer
 
 # Seeders hold a tenant secret's HMAC state: keep at most this many per process.
 _MAX_SEEDERS = 1024
@@ -62,6 +64,58 @@ def _calibration_for(model: OnnxClassifier, params: DefenseParams) -> OutputCali
             "calibrate-outputs`)"
         )
     return model.calibration
+
+
+@dataclass(frozen=True, slots=True)
+class LogitsOf:
+    """What a prediction's steps wait for: ``model``'s logits of ``batch``."""
+
+    model: OnnxClassifier
+    batch: NDArray[np.generic]
+
+
+T = TypeVar("T")
+Steps = Generator[LogitsOf, NDArray[Any], T]
+"""A pipeline that yields the logits it needs and is sent them; returns its answer."""
+
+
+def run_steps(steps: Steps[T], logits: Callable[[LogitsOf], NDArray[Any]]) -> T:
+    """Drive ``steps`` to its answer, computing each logits it asks for with ``logits``;
+    an exception raised there is thrown into the steps, where it was needed."""
+    try:
+        need = next(steps)
+        while True:
+            try:
+                value = logits(need)
+            except Exception as exc:
+                need = steps.throw(exc)
+            else:
+                need = steps.send(value)
+    except StopIteration as done:
+        return done.value
+
+
+async def run_steps_async(
+    steps: Steps[T], logits: Callable[[LogitsOf], Awaitable[NDArray[Any]]]
+) -> T:
+    """`run_steps` with awaited logits: the event loop serves others while they come."""
+    try:
+        need = next(steps)
+        while True:
+            try:
+                value = await logits(need)
+            except Exception as exc:
+                need = steps.throw(exc)
+            else:
+                need = steps.send(value)
+    except StopIteration as done:
+        return done.value
+
+
+def _forget_gatherer(gatherers: dict[tuple[str, int], LoopGatherer], key: tuple[str, int]) -> None:
+    gatherer = gatherers.pop(key, None)
+    if gatherer is not None:
+        gatherer.close()
 
 
 class _ModelRunner:
@@ -109,17 +163,11 @@ class Predictor:
         self._batching_max_batch = batching_max_batch
         self._batching_min_fixed_cost_s = batching_min_fixed_cost_s
         self._batchers: dict[tuple[str, int], AdaptiveBatcher] = {}
+        # Per event loop: a gatherer's futures belong to the loop its requests run on.
+        self._gatherers: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, int], LoopGatherer]
+        ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-
-    @property
-    def batching(self) -> bool:
-        """Whether a call may wait for other requests' rows (and so must not run on the
-        event loop): some model's batcher is gathering. A batcher's warm-up calls never
-        wait, so a model measured cheap (the shipped MLP) keeps the inline path."""
-        if self._batching_delay_s <= 0:
-            return False
-        batchers = self._batchers.copy()  # a freed model's finalizer may remove one
-        return any(batcher.gathering for batcher in batchers.values())
 
     def predict(
         self, model: OnnxClassifier, context: DefenseContext, batch: NDArray[np.generic]
@@ -127,10 +175,18 @@ class Predictor:
         """Defended probabilities (n, k) for a batch already validated by ``model``.
         Raises OutputModeUnavailable, before running the model, when the tenant's
         output mode needs a calibration the model's manifest does not carry."""
+        return run_steps(self.prediction(model, context, batch), self.logits)
+
+    def prediction(
+        self, model: OnnxClassifier, context: DefenseContext, batch: NDArray[np.generic]
+    ) -> Steps[NDArray[np.float32]]:
+        """`predict` as steps: yields the `LogitsOf` it needs and is sent them (by
+        `run_steps`, or `run_steps_async` on the event loop), so one pipeline serves a
+        thread that blocks on the model and a request that awaits a gathered call."""
         params = context.params
         calibration = _calibration_for(model, params)
         started = time.perf_counter()
-        logits = self._logits(model, batch)
+        logits = yield LogitsOf(model, batch)
         # A model can overflow on extreme (finite) inputs; never pass Inf/NaN on. Part
         # of the model's time: it checks the model's output, not the defense's.
         if not np.isfinite(logits).all():
@@ -163,6 +219,40 @@ class Predictor:
         )
         return probabilities
 
+    def logits(self, need: LogitsOf) -> NDArray[Any]:
+        """The model's logits for ``need``, blocking: merged with other threads' calls
+        by the model's batcher when it gathers."""
+        batcher = self.batcher(need.model)
+        return need.model.logits(need.batch) if batcher is None else batcher.run(need.batch)
+
+    async def logits_gathered(self, need: LogitsOf) -> NDArray[Any]:
+        """The model's logits for ``need``, awaited on the event loop: merged with other
+        requests of this loop into calls on the model's own threads (`LoopGatherer`)."""
+        return await self.gatherer(need.model).run(need.batch)
+
+    def gathers(self, model: OnnxClassifier) -> bool:
+        """Whether ``model``'s measured cost makes its calls worth gathering now: its
+        requests then await `logits_gathered` instead of running the model inline."""
+        batcher = self._batchers.get((model.model_id, id(model)))
+        return batcher is not None and batcher.gathering
+
+    def gatherer(self, model: OnnxClassifier) -> LoopGatherer:
+        """The running loop's gatherer for ``model`` (created on first use; one per loop,
+        as a test client runs its own)."""
+        batcher = self.batcher(model)
+        assert batcher is not None, "gathering needs batching on"
+        loop = asyncio.get_running_loop()
+        gatherers = self._gatherers.setdefault(loop, {})
+        key = (model.model_id, id(model))
+        gatherer = gatherers.get(key)
+        if gatherer is None:
+            gatherer = LoopGatherer(
+                batcher, max_delay_s=self._batching_delay_s, max_batch=self._batching_max_batch
+            )
+            gatherers[key] = gatherer
+            weakref.finalize(model, _forget_gatherer, gatherers, key)
+        return gatherer
+
     def batcher(self, model: OnnxClassifier) -> AdaptiveBatcher | None:
         """The model's batcher when batching is on (created on first use)."""
         if self._batching_delay_s <= 0:
@@ -184,10 +274,6 @@ class Predictor:
                     self._batchers[key] = batcher
                     weakref.finalize(model, self._batchers.pop, key, None)
         return batcher
-
-    def _logits(self, model: OnnxClassifier, batch: NDArray[np.generic]) -> NDArray[Any]:
-        batcher = self.batcher(model)
-        return model.logits(batch) if batcher is None else batcher.run(batch)
 
     def _draws(
         self,

@@ -136,7 +136,8 @@ async def respond(
 
     Refused on its head when it may (no body read for a missing key,
     `DataPlane.screen`), else run inline on the event loop when nothing in it can
-    block (`DataPlane.cached_tenant`), else in the thread pool. Both routes call this:
+    block (`DataPlane.cached_tenant`; a model that gathers requests is awaited there,
+    `DataPlane.infer_gathered`), else in the thread pool. Both routes call this:
     FastAPI's (`serve`) and the lean ASGI one (`service.api.fastpath`)."""
     try:
         head = InferenceCall(
@@ -169,6 +170,8 @@ async def respond(
                 await asyncio.wait_for(waiting, plane.lookup_wait_seconds)
             tenant = plane.cached_tenant(call)
         if tenant is not None:
+            if plane.gathers(call):
+                return await plane.infer_gathered(call, tenant)
             return plane.infer(call, tenant)
         return await run_in_threadpool(plane.infer, call)
     except Exception as exc:

@@ -10,6 +10,11 @@ latency at low load (the adaptive part); under load, batches grow to what
 arrives while the previous one runs (as Triton's and MLServer's batchers do,
 bounded by a delay and a size).
 
+Requests answered on the event loop (the service's usual path) do not block a
+thread for this: they await ``LoopGatherer.run``, which queues their batches and
+runs them merged, by the same rules, on threads of the model's own, so the loop
+decodes, validates and defends other requests while the model computes.
+
 If a merged run fails, each request is re-run alone, so one bad request gets its
 own error and never poisons the others.
 
@@ -25,16 +30,20 @@ call costs a millisecond, mostly per call, is.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 Runner = Callable[[NDArray[Any]], NDArray[Any]]
+Outcome = NDArray[Any] | Exception
+"""A batch's rows of the runner's output, or what running it raised."""
 
 MIN_FIXED_COST_S = 0.5e-3
 """Gather only for a model whose fixed cost per call is at least this. Moving a request
@@ -223,35 +232,45 @@ class AdaptiveBatcher:
                 self._running -= 1
                 self._cond.notify_all()
 
+    def run_group(
+        self, batches: list[NDArray[Any]], deliver: Callable[[int, Outcome], None]
+    ) -> None:
+        """Run ``batches`` as one merged call and ``deliver(i, outcome)`` each batch's
+        output (its rows of the merged output), or the exception running it raised. If
+        a merged run fails, each batch is re-run alone and delivered as soon as it is
+        done, so one bad request gets its own error and never poisons the others."""
+        if len(batches) > 1:
+            try:
+                output = self._call(np.concatenate(batches))
+            except Exception:
+                pass  # find the culprit the slow way, below
+            else:
+                with self._stats_lock:
+                    self.merged_runs += 1
+                start = 0
+                for i, batch in enumerate(batches):
+                    stop = start + batch.shape[0]
+                    deliver(i, output[start:stop])
+                    start = stop
+                return
+        for i, batch in enumerate(batches):
+            try:
+                outcome: Outcome = self._call(batch)
+            except Exception as exc:  # delivered to the caller that sent this batch
+                outcome = exc
+            deliver(i, outcome)
+
     def _run_merged(self, taken: list[_Pending]) -> None:
-        if len(taken) == 1:
-            self._settle(taken[0])
-            return
-        try:
-            merged = np.concatenate([item.batch for item in taken])
-            output = self._call(merged)
-        except Exception:
-            # Find the culprit the slow way: each request alone gets its own outcome.
-            for item in taken:
-                self._settle(item)
-            return
-        with self._stats_lock:
-            self.merged_runs += 1
-        start = 0
-        for item in taken:
-            stop = start + item.batch.shape[0]
-            item.result = output[start:stop]
+        def deliver(i: int, outcome: Outcome) -> None:
+            item = taken[i]
+            if isinstance(outcome, Exception):
+                item.error = outcome
+            else:
+                item.result = outcome
             item.promoted = False
             item.done.set()
-            start = stop
 
-    def _settle(self, item: _Pending) -> None:
-        try:
-            item.result = self._call(item.batch)
-        except Exception as exc:  # delivered to the caller that sent this batch
-            item.error = exc
-        item.promoted = False
-        item.done.set()
+        self.run_group([item.batch for item in taken], deliver)
 
     def _call(self, batch: NDArray[Any]) -> NDArray[Any]:
         started = self._clock()
@@ -275,3 +294,107 @@ class AdaptiveBatcher:
             self.gathering = fixed >= self._min_fixed_cost_s / 2
         else:
             self.gathering = fixed >= self._min_fixed_cost_s
+
+
+class LoopGatherer:
+    """Gathers the batches of requests answered on an event loop into merged calls of
+    an `AdaptiveBatcher`, run on threads of their own (at most ``max_running`` calls at
+    once), so the loop reads, decodes and defends other requests while the model runs
+    (onnxruntime releases the GIL while it computes).
+
+    A batch that finds the model idle goes at once; one that finds it busy waits for
+    the running call to end (its batch is then what queued meanwhile, up to
+    ``max_batch`` rows), or for ``max_delay_s``, when it starts a call beside the running
+    one if ``max_running`` allows. Requests wait on futures, not threads: no thread per
+    request, no lock convoy. Use from one event loop only (see `Predictor`).
+    """
+
+    def __init__(
+        self,
+        batcher: AdaptiveBatcher,
+        *,
+        max_delay_s: float,
+        max_batch: int,
+        max_running: int = 2,
+    ) -> None:
+        if max_delay_s < 0 or max_batch < 1 or max_running < 1:
+            raise ValueError("max_delay_s must be >= 0, max_batch and max_running >= 1")
+        self._batcher = batcher
+        self._max_delay_s = max_delay_s
+        self._max_batch = max_batch
+        self._max_running = max_running
+        self._executor = ThreadPoolExecutor(max_running, thread_name_prefix="dynanoise-model")
+        self._queue: deque[tuple[NDArray[Any], asyncio.Future[NDArray[Any]]]] = deque()
+        self._queued_rows = 0
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self, batch: NDArray[Any]) -> NDArray[Any]:
+        """The runner's output for ``batch``, possibly computed with other requests' rows."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[NDArray[Any]] = loop.create_future()
+        self._queue.append((batch, future))
+        self._queued_rows += batch.shape[0]
+        if not self._running or self._queued_rows >= self._max_batch:
+            self._dispatch(loop)
+        elif self._timer is None and self._max_delay_s > 0:
+            self._timer = loop.call_later(self._max_delay_s, self._waited, loop)
+        return await future
+
+    def close(self) -> None:
+        """Let the model threads end once idle (queued calls still finish)."""
+        self._executor.shutdown(wait=False)
+
+    def _waited(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._queue:
+            self._dispatch(loop)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._running >= self._max_running:
+            return  # the next call to end takes the queue
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        taken: list[tuple[NDArray[Any], asyncio.Future[NDArray[Any]]]] = []
+        rows = 0
+        while self._queue and (not taken or rows + self._queue[0][0].shape[0] <= self._max_batch):
+            item = self._queue.popleft()
+            taken.append(item)
+            rows += item[0].shape[0]
+        self._queued_rows -= rows
+        self._running += 1
+        call = loop.run_in_executor(self._executor, self._outcomes, [b for b, _ in taken])
+        call.add_done_callback(lambda done: self._finished(loop, taken, done))
+
+    def _outcomes(self, batches: list[NDArray[Any]]) -> list[Outcome]:
+        """On a model thread: every batch's outcome, merged when it can be."""
+        outcomes: list[Outcome] = [RuntimeError("no outcome")] * len(batches)
+
+        def deliver(i: int, outcome: Outcome) -> None:
+            outcomes[i] = outcome
+
+        self._batcher.run_group(batches, deliver)
+        return outcomes
+
+    def _finished(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        taken: list[tuple[NDArray[Any], asyncio.Future[NDArray[Any]]]],
+        done: asyncio.Future[list[Outcome]],
+    ) -> None:
+        self._running -= 1
+        try:
+            outcomes = done.result()
+        except BaseException as exc:  # not expected: run_group delivers every Exception
+            error = exc if isinstance(exc, Exception) else RuntimeError("model call cancelled")
+            outcomes = [error] * len(taken)
+        for (_, future), outcome in zip(taken, outcomes, strict=True):
+            if future.done():  # its request was cancelled (a lost client)
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        if self._queue:
+            self._dispatch(loop)

@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import CleanOutputsRefused, Forbidden, RateLimited, Unauthorized
-from ..inference import DefenseContext
+from ..inference import DefenseContext, Steps, run_steps, run_steps_async
 from ..metrics import UNKNOWN, ServiceMetrics
 from ..protocol import decompress
 from ..runtime import OnnxClassifier
@@ -102,6 +102,23 @@ class DataPlane:
     def infer(self, call: InferenceCall, tenant: Tenant | None = None) -> Encoded:
         """Defended answer to ``call``; ``tenant`` when the caller already resolved it
         from the auth cache (the lean path), else it is authenticated here."""
+        predictor = self.services.predictor
+        return run_steps(self._pipeline(call, tenant), predictor.logits)
+
+    async def infer_gathered(self, call: InferenceCall, tenant: Tenant) -> Encoded:
+        """`infer` on the event loop for a call whose model gathers (`gathers`): every
+        step runs here but the model, which runs in a call merged with other requests'
+        on the model's own threads while the loop serves others."""
+        predictor = self.services.predictor
+        return await run_steps_async(self._pipeline(call, tenant), predictor.logits_gathered)
+
+    def gathers(self, call: InferenceCall) -> bool:
+        """Whether ``call``'s model gathers concurrent requests into merged calls now."""
+        registry = self.services.registry
+        return call.model in registry and self.services.predictor.gathers(registry.get(call.model))
+
+    def _pipeline(self, call: InferenceCall, tenant: Tenant | None) -> Steps[Encoded]:
+        """The pipeline of the module docstring, as steps (`service.inference.Steps`)."""
         services = self.services
         settings = services.settings
         with RequestObservation(services.metrics, call.codec.name, self.status_of) as seen:
@@ -125,7 +142,7 @@ class DataPlane:
             batch = classifier.validate(decoded.batch)
             self.watch_repeats(tenant, classifier.name, batch)
             context = DefenseContext(tenant.name, tenant.params, tenant.noise_secret)
-            probabilities = services.predictor.predict(classifier, context, batch)
+            probabilities = yield from services.predictor.prediction(classifier, context, batch)
             return call.codec.encode(manifest, decoded, probabilities)
 
     def watch_repeats(self, tenant: Tenant, model: str, batch: NDArray[np.generic]) -> None:
@@ -203,17 +220,16 @@ class DataPlane:
         (fresh for ``margin_seconds`` more: none is needed when the tenant returned is
         the one `infer` is given, as the routes do), it has no limit of any kind (requests,
         rows or repeated queries: the limiter may write to the database, and a capped
-        tenant's refusals are kept off the event loop like the others), no model's batcher
-        is gathering (a batched request waits for others; `Predictor.batching`), the body
-        is small
+        tenant's refusals are kept off the event loop like the others), the body is small
         (``inline_max_body_bytes``) and so is the work it can ask for: at most
-        ``inline_max_noise_draws`` (rows x ensemble x classes, `noise_draws_bound`).
+        ``inline_max_noise_draws`` (rows x ensemble x classes, `noise_draws_bound`). A
+        model that gathers (`gathers`) is not run here but awaited (`infer_gathered`).
         """
         services = self.services
         settings = services.settings
         if call.key is None or len(call.body) > settings.inline_max_body_bytes:
             return None
-        if services.predictor.batching or call.model not in services.registry:
+        if call.model not in services.registry:
             return None
         tenant = services.store.cached(call.key, min_remaining_seconds=margin_seconds)
         if (

@@ -15,6 +15,7 @@ from service.app import create_app
 from service.defense import DefenseParams
 from service.inference import Predictor
 from service.protocol import encode_v2_request
+from service.runtime.batching import LoopGatherer
 from service.settings import Settings
 from service.tenants import TenantStore
 
@@ -217,15 +218,27 @@ def test_batching_keeps_a_model_measured_cheap_inline(
     assert _hops(batching, monkeypatch, {}, SMALL) == 1
 
 
-def test_a_gathering_batcher_keeps_its_callers_off_the_event_loop(
+def test_a_gathering_model_is_awaited_on_the_event_loop_not_in_the_thread_pool(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A model whose batcher gathers makes its callers wait for others' rows.
+    # A model whose batcher gathers: its requests await a merged call on the model's
+    # own threads (LoopGatherer) instead of each taking a pool thread to wait in.
     batching = settings.model_copy(
         update={"tenant_cache_seconds": 60.0, "batching_max_delay_ms": 1.0}
     )
-    monkeypatch.setattr(Predictor, "batching", property(lambda self: True))
-    assert _hops(batching, monkeypatch, {}, SMALL) == 3
+    monkeypatch.setattr(Predictor, "gathers", lambda self, model: True)
+    gathered: list[int] = []
+    run = LoopGatherer.run
+
+    async def counted(self: LoopGatherer, batch: np.ndarray) -> np.ndarray:
+        gathered.append(batch.shape[0])
+        return await run(self, batch)
+
+    monkeypatch.setattr(LoopGatherer, "run", counted)
+    # The first request loads the tenant in the pool (and runs there, blocking on the
+    # model); the next two find it cached and are gathered.
+    assert _hops(batching, monkeypatch, {}, SMALL) == 1
+    assert gathered == [1, 1]
 
 
 @pytest.mark.parametrize(

@@ -389,7 +389,7 @@ def test_failures_inside_the_server_answer_generically(
         raise failure
 
     services = harness.client.app.state.services  # type: ignore[attr-defined]
-    monkeypatch.setattr(services.predictor, "predict", explode)
+    monkeypatch.setattr(services.predictor, "prediction", explode)
     with TestClient(harness.client.app, raise_server_exceptions=False) as client:
         response = client.post(PREDICT, json=BODY, headers=bearer(key))
     assert response.status_code in (500, 503)

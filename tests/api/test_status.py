@@ -120,7 +120,7 @@ def test_the_metric_counts_the_status_the_client_got(
     def fail(*args: object, **kwargs: object) -> None:
         raise error
 
-    monkeypatch.setattr(services.predictor, "predict", fail)
+    monkeypatch.setattr(services.predictor, "prediction", fail)
     path, body = PATHS[route]
     before = scrape(client)
     response = client.post(path, json=body, headers=key)

@@ -226,17 +226,17 @@ def test_predictor_keeps_the_inline_path_for_a_model_measured_cheap(tmp_path: Pa
     model = OnnxClassifier.load(write_linear_model(tmp_path, name="lin", n_features=4, n_classes=3))
     context = DefenseContext("t", DefenseParams(), b"s" * 32)
     row = np.ones((1, 4), dtype=np.float32)
-    assert not Predictor(ServiceMetrics()).batching  # batching off
+    assert not Predictor(ServiceMetrics()).gathers(model)  # batching off
     cheap = Predictor(ServiceMetrics(), batching_max_delay_ms=2.0)
     for _ in range(2 * WARM_UP_CALLS):
         cheap.predict(model, context, row)
-    assert not cheap.batching  # a linear model costs microseconds a call
+    assert not cheap.gathers(model)  # a linear model costs microseconds a call
     # The same model with the bar at zero is worth gathering: calls may wait again.
     eager = Predictor(ServiceMetrics(), batching_max_delay_ms=2.0, batching_min_fixed_cost_s=0.0)
     for _ in range(WARM_UP_CALLS):
-        assert not eager.batching  # a batcher's warm-up calls never wait: inline is safe
+        assert not eager.gathers(model)  # a batcher's warm-up calls never wait: inline is safe
         eager.predict(model, context, row)
-    assert eager.batching
+    assert eager.gathers(model)
 
 
 def test_an_unloaded_model_is_freed_with_its_batcher(tmp_path: Path) -> None:
