@@ -29,6 +29,7 @@ class BenchConfig:
     concurrencies: tuple[int, ...] = (1, 8, 32, 64)
     tenants: tuple[str, ...] = ("on", "off", "keyed")
     load_seconds: int = 5
+    warmup_seconds: int = 1  # the same load before each run, not counted (run_wrk)
     load_repeats: int = 3
     binary_features: tuple[int, ...] = (784, 3072)
     binary_rows: tuple[int, ...] = (1, 16)
@@ -64,6 +65,7 @@ class BenchConfig:
             concurrencies=(1, 32),
             tenants=("on", "off"),
             load_seconds=1,
+            warmup_seconds=0,
             load_repeats=2,
             binary_features=(784, 3072),
             binary_rows=(16,),

@@ -92,25 +92,34 @@ def run_wrk(
     extra_headers: dict[str, str] | None = None,
     timeout_s: float = 10.0,
     count_503: bool = False,
+    warmup_s: float = 0.0,
 ) -> LoadResult:
     """POST ``payload`` to ``url`` from ``concurrency`` connections for ``duration_s``;
-    ``count_503``: also count the 503 answers (a little more work for wrk per answer)."""
+    ``count_503``: also count the 503 answers (a little more work for wrk per answer).
+    ``warmup_s`` > 0: the same load for that long first (whole seconds, at least one),
+    not counted. After a few seconds idle this machine runs a server's first requests
+    20-50x slower than warm ones (a 0.3 ms request took 9-12 ms, in process too): a
+    state of the machine, not of the server, that would otherwise set the p99 of a
+    short run of whichever server ran after an idle spell."""
     headers = {**payload.headers, **(extra_headers or {})}
     with tempfile.TemporaryDirectory(prefix="dynanoise-wrk-") as tmp:
         work = Path(tmp)
         (work / "body").write_bytes(payload.body)
         (work / "headers").write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
         (work / "post.lua").write_text(_LUA)
-        command = [
-            wrk_path(),
-            "-t1",
-            f"-c{concurrency}",
-            f"-d{max(duration_s, 1.0):.0f}s",
-            f"--timeout={timeout_s:.0f}s",
-            "-s",
-            str(work / "post.lua"),
-            url,
-        ]
+
+        def command(seconds: float) -> list[str]:
+            return [
+                wrk_path(),
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(seconds, 1.0):.0f}s",
+                f"--timeout={timeout_s:.0f}s",
+                "-s",
+                str(work / "post.lua"),
+                url,
+            ]
+
         env = {
             "DYNANOISE_BENCH_BODY": str(work / "body"),
             "DYNANOISE_BENCH_HEADERS": str(work / "headers"),
@@ -118,8 +127,16 @@ def run_wrk(
         }
         if count_503:
             env["DYNANOISE_BENCH_COUNT_503"] = "1"
+        if warmup_s > 0:
+            subprocess.run(
+                command(warmup_s),
+                env=env,
+                capture_output=True,
+                timeout=warmup_s + timeout_s + 30,
+                check=False,
+            )
         completed = subprocess.run(
-            command,
+            command(duration_s),
             env=env,
             capture_output=True,
             text=True,

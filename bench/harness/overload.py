@@ -69,6 +69,7 @@ def measure_overload(
     api_key: str | None = None,
     concurrencies: Sequence[int] = OVERLOAD_CONCURRENCIES,
     duration_s: float = 10.0,
+    warmup_s: float = 0.0,
 ) -> dict[int, OverloadPoint]:
     """POST ``payload`` to ``url`` (an inference route of a started server) with wrk
     at each concurrency in turn; the figures by concurrency."""
@@ -82,6 +83,7 @@ def measure_overload(
                 duration_s=duration_s,
                 extra_headers=headers,
                 count_503=True,
+                warmup_s=warmup_s,
             )
         )
         for concurrency in concurrencies
@@ -119,6 +121,7 @@ def overload_section(
                         api_key=server.keys["on"],
                         concurrencies=(concurrency,),
                         duration_s=config.load_seconds,
+                        warmup_s=config.warmup_seconds,
                     ).values()
                     points[name].append(point)
             for name, runs in points.items():

@@ -134,8 +134,14 @@ def render_markdown(results: dict[str, Any], plots: list[str] | None = None) -> 
         "compare figures within a table, measured in the same interleaved rounds). "
         f"Model `{meta['model']['name']}` (input {meta['model']['input_shape']}, "
         f"{meta['model']['classes']} classes). Every figure: median (min-max) over repeats; "
-        f"load runs {meta['load_seconds']} s each, {meta['load_repeats']} rounds. "
-        f"Run took {meta.get('duration_s', '?')} s.",
+        f"load runs {meta['load_seconds']} s each, {meta['load_repeats']} rounds"
+        + (
+            f", each after {meta['warmup_seconds']} s of the same load, not counted (after a "
+            "few seconds idle this machine runs a server's first requests 20-50x slower). "
+            if meta.get("warmup_seconds")
+            else ". "
+        )
+        + f"Run took {meta.get('duration_s', '?')} s.",
         "",
         "## Targets",
         "",

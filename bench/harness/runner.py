@@ -154,6 +154,7 @@ def _meta(config: BenchConfig, model: str, manifest: dict[str, Any]) -> dict[str
         "paper_ms_per_sample": PAPER_MS_PER_SAMPLE,
         "sections": list(config.sections),
         "load_seconds": config.load_seconds,
+        "warmup_seconds": config.warmup_seconds,
         "load_repeats": config.load_repeats,
         "off_means": "tenant with base_variance 0 and temperature 1: the same defense code "
         "path without noise or smoothing (the service never returns clean probabilities)",
@@ -199,7 +200,12 @@ def _wrk(
 ) -> Measure:
     headers = {"Authorization": f"Bearer {key}"} if key else None
     return lambda: run_wrk(
-        url, payload, concurrency=concurrency, duration_s=config.load_seconds, extra_headers=headers
+        url,
+        payload,
+        concurrency=concurrency,
+        duration_s=config.load_seconds,
+        extra_headers=headers,
+        warmup_s=config.warmup_seconds,
     )
 
 

@@ -7,7 +7,9 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from bench.harness import cli as bench_cli
 from bench.harness import runner
 from bench.harness.cli import build_parser
 from bench.harness.config import QUICK_DIR, RESULTS_DIR, BenchConfig
-from bench.harness.load import LoadError, parse_wrk_output
+from bench.harness.load import LoadError, parse_wrk_output, run_wrk
 from bench.harness.memory import serving_install_size
 from bench.harness.models import default_model_dir, prepare_models
 from bench.harness.naive_app import create_app
@@ -126,6 +128,37 @@ def test_wrk_summary_is_parsed_and_a_missing_one_is_an_error() -> None:
     assert result.throughput == pytest.approx(49.0)
     with pytest.raises(LoadError):
         parse_wrk_output("nothing", "boom", concurrency=8)
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_a_warm_up_runs_the_same_load_first_and_is_not_counted() -> None:
+    served = []
+
+    class Counting(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as wrk expects
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            served.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/x"
+        result = run_wrk(url, v1_json(sample_rows(1, 4)), concurrency=2, duration_s=1, warmup_s=1)
+    finally:
+        server.shutdown()
+    assert result.requests > 0 and result.errors == 0
+    # The warm-up's requests reached the server, but not the result.
+    assert len(served) > result.requests * 1.3
 
 
 def test_rounds_alternate_the_order_of_the_variants() -> None:
