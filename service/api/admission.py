@@ -2,8 +2,12 @@
 
 Triton's queue policy, per process: at most ``max_in_flight`` inference requests are
 processed at once; the next ones wait in FIFO order, at most ``max_queue`` of them and
-each at most ``max_queue_delay_seconds``; a request beyond either bound is answered
-503 ``overloaded`` with ``Retry-After`` at once instead of being queued without limit.
+each at most ``max_queue_delay_seconds``, counted from when the HTTP protocol created
+the request's task (its ``ARRIVAL_EXTENSION``): a request answered on the event loop
+holds no slot while others wait for the loop, so the wait a saturated worker imposes
+happens before any middleware runs, and counts too. A request beyond either bound is
+answered 503 ``overloaded`` with ``Retry-After`` at once instead of being queued
+without limit.
 So an admitted request waits at most the delay, and a client of an overloaded worker
 learns it in milliseconds and can go elsewhere. Only inference requests
 (`service.api.inference.INFERENCE_ROUTES`) are admitted or shed: health, metadata,
@@ -21,6 +25,7 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .http_limits import ARRIVAL_EXTENSION
 from .inference import match
 from .middleware import SECURITY_HEADERS
 from .status import ErrorStatus, error_body, error_headers, is_v2_path, route_path
@@ -93,9 +98,14 @@ class AdmissionController:
     def queue_depth(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> ShedReason | None:
+    async def acquire(self, waited: float = 0.0) -> ShedReason | None:
         """Take a slot, waiting in the queue if need be: None once admitted (call
-        `release` when done), else why the request is shed."""
+        `release` when done), else why the request is shed. ``waited``: seconds the
+        request already waited for the event loop since it arrived; they count against
+        ``max_queue_delay_seconds`` like time in the queue."""
+        delay = self.limits.max_queue_delay_seconds
+        if delay and waited >= delay:
+            return "queue_timeout"
         if self.in_flight < self.limits.max_in_flight and not self._waiters:
             self.in_flight += 1
             return None
@@ -106,8 +116,8 @@ class AdmissionController:
         self._waiters.append(waiter)
         self._depth_changed()
         timer = None
-        if self.limits.max_queue_delay_seconds:
-            timer = loop.call_later(self.limits.max_queue_delay_seconds, self._expire, waiter)
+        if delay:
+            timer = loop.call_later(delay - waited, self._expire, waiter)
         try:
             admitted = await waiter
         except asyncio.CancelledError:
@@ -181,16 +191,28 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         started_at = time.perf_counter()
-        reason = await controller.acquire()
+        waited = _waited_for_the_loop(scope)
+        reason = await controller.acquire(waited)
         if reason is not None:
             if self.on_shed is not None:
-                self.on_shed(scope["path"], reason, time.perf_counter() - started_at)
+                self.on_shed(scope["path"], reason, waited + time.perf_counter() - started_at)
             await _answer_overloaded(scope, send)
             return
         try:
             await self.app(scope, receive, send)
         finally:
             controller.release()
+
+
+def _waited_for_the_loop(scope: Scope) -> float:
+    """Seconds since the HTTP protocol created this request's task (the
+    ``ARRIVAL_EXTENSION`` it stamps): under overload, requests wait for the event loop
+    before any middleware sees them, a wait admission must bound too. 0 when the
+    server stamps no arrival (another server, a test client)."""
+    arrival = scope.get("extensions", {}).get(ARRIVAL_EXTENSION)
+    if not arrival:
+        return 0.0
+    return max(0.0, asyncio.get_running_loop().time() - arrival["loop_time"])
 
 
 async def _answer_overloaded(scope: Scope, send: Send) -> None:

@@ -27,7 +27,18 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-__all__ = ["BoundedHttpToolsProtocol", "HttpLimits", "RefusalLog", "protocol_factory"]
+__all__ = [
+    "ARRIVAL_EXTENSION",
+    "BoundedHttpToolsProtocol",
+    "HttpLimits",
+    "RefusalLog",
+    "protocol_factory",
+]
+
+
+ARRIVAL_EXTENSION = "dynanoise.arrival"
+"""ASGI scope extension: ``{"loop_time": t}``, the event loop's clock when the request's
+head was parsed and its task created (`BoundedHttpToolsProtocol`)."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +288,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_open = True
         self._phase_started = self.loop.time()
         self._disarm()
+        # When the request's task is created (below): admission counts the time it then
+        # waits for the event loop against its queue delay (service/api/admission.py).
+        self.scope["extensions"] = {ARRIVAL_EXTENSION: {"loop_time": self._phase_started}}
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # not an upgrade: a response will follow

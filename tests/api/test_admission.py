@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 import uvicorn
@@ -27,6 +28,7 @@ from service.api.admission import (
     AdmissionMiddleware,
     ShedReason,
 )
+from service.api.http_limits import ARRIVAL_EXTENSION, HttpLimits, protocol_factory
 from service.api.middleware import SECURITY_HEADERS
 from service.api.status import ERROR_CODE_HEADER
 from service.app import create_app
@@ -222,6 +224,81 @@ def test_a_waiter_past_the_longest_delay_is_shed_and_leaves_the_queue() -> None:
         assert driver.app.arrived == [V1_PREDICT + "?holder"]
 
     _run(scenario)
+
+
+def _arrived(scope: Scope, seconds_ago: float) -> Scope:
+    """``scope`` as the HTTP protocol stamps it, its task created ``seconds_ago``."""
+    now = asyncio.get_running_loop().time()
+    return {**scope, "extensions": {ARRIVAL_EXTENSION: {"loop_time": now - seconds_ago}}}
+
+
+def test_a_request_that_waited_for_the_event_loop_past_the_delay_is_shed_with_slots_free() -> None:
+    async def scenario() -> None:
+        driver = Driver(AdmissionLimits(max_in_flight=8, max_queue_delay_seconds=0.1))
+        late, fresh = Answer(), Answer()
+        await driver.middleware(_arrived(_scope(V1_PREDICT), 0.15), _receive, late.send)
+        driver.app.finish(V1_PREDICT + "?")
+        await driver.middleware(_arrived(_scope(V1_PREDICT), 0.05), _receive, fresh.send)
+        assert late.status == 503 and orjson.loads(late.body)["error"]["code"] == "overloaded"
+        assert fresh.status == 200
+        assert driver.shed == [(V1_PREDICT, "queue_timeout")]
+        assert driver.app.arrived == [V1_PREDICT + "?"]  # the late one never reached the app
+        assert driver.controller.in_flight == 0
+
+    _run(scenario)
+
+
+def test_the_wait_before_the_queue_counts_against_its_delay() -> None:
+    async def scenario() -> None:
+        driver = Driver(AdmissionLimits(max_in_flight=1, max_queue_delay_seconds=0.5))
+        holder, _ = driver.start(tag="holder")
+        await _settle()
+        loop = asyncio.get_running_loop()
+        answer = Answer()
+        started = loop.time()
+        # Waited 0.45 s for the loop already: 0.05 s of queue left, not 0.5.
+        await driver.middleware(
+            _arrived(_scope(V1_PREDICT, tag="late"), 0.45), _receive, answer.send
+        )
+        waited = loop.time() - started
+        assert answer.status == 503 and driver.shed == [(V1_PREDICT, "queue_timeout")]
+        assert 0.03 <= waited < 0.4
+        driver.app.finish(V1_PREDICT + "?holder")
+        await holder
+
+    _run(scenario)
+
+
+def test_the_http_protocol_stamps_each_request_with_its_arrival() -> None:
+    seen: list[float] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        arrival = scope["extensions"][ARRIVAL_EXTENSION]["loop_time"]
+        seen.append(asyncio.get_running_loop().time() - arrival)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=protocol_factory(HttpLimits()),
+        loop="asyncio", log_level="warning", lifespan="off",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            threading.Event().wait(0.01)
+        for _ in range(3):
+            assert httpx.post(f"http://127.0.0.1:{port}/x", content=b"{}").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert len(seen) == 3 and all(0 <= waited < 5 for waited in seen)
 
 
 def test_a_waiter_admitted_in_time_is_served() -> None:
