@@ -230,8 +230,9 @@ class Settings(BaseSettings):
     admission_max_queue_delay_ms: float = Field(
         default=100.0,
         ge=0,
-        description="Longest an inference request waits for admission; past it, 503 "
-        "`overloaded` with Retry-After (0 = no bound on the wait).",
+        description="Longest an inference request waits for admission, counted from when "
+        "its head was parsed (the wait for a saturated event loop counts too); past it, "
+        "503 `overloaded` with Retry-After (0 = no bound on the wait).",
     )
     log_level: str = "info"
     event_loop: Literal["asyncio", "uvloop"] = Field(
