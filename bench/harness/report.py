@@ -324,7 +324,9 @@ def _overload_table(rows: list[dict[str, Any]] | None) -> list[str]:
         "(8 in flight, a queue of 256 waiting at most 100 ms). Requests past the bound are "
         "answered 503 with `Retry-After` (`overloaded`); wrk retries them at once and "
         "counts their (short) latency in p50/p99, so the shed fraction is shown beside. "
-        "`other errors`: anything but a 503 (the target is none).",
+        "The delay counts from when a request's head was parsed, so the wait for a "
+        "saturated event loop counts too. `other errors`: anything but a 503 (the target "
+        "is none).",
         "",
         "| admission | concurrency | served req/s | p50 ms | p99 ms | p99 / p50 | shed | "
         "other errors |",
@@ -377,7 +379,9 @@ def _batching_table(rows: list[dict[str, Any]] | None) -> list[str]:
     lines = ["", "## Adaptive micro-batching (v1, one row per request, defense on)", "",
              "The batcher gathers only a model whose measured fixed cost per call pays for "
              "the hand-off between threads (`service/runtime/batching.py`): the generated "
-             f"CNN (`{CNN_NAME}`, `bench/harness/cnn.py`) is gathered, the shipped MLP is not.",
+             f"CNN (`{CNN_NAME}`, `bench/harness/cnn.py`) is gathered, the shipped MLP is not. "
+             "A gathered request waits on the event loop for a merged call that runs on the "
+             "model's own threads, while the loop decodes and defends the next requests.",
              "",
              "| model | batching | max delay ms | concurrency | requests/s | p50 ms | p99 ms |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
