@@ -164,11 +164,13 @@ class Settings(BaseSettings):
     )
     batching_max_batch: int = Field(default=256, ge=1)
     inline_max_body_bytes: int = Field(
-        default=64 * 1024,
+        default=256 * 1024,
         ge=0,
         description="Inference requests with bodies up to this size run on the event loop "
-        "when nothing in them can block (tenant cached, no rate limit, batching off); "
-        "larger ones, and every other request, run in the thread pool (0 = never inline).",
+        "when nothing in them can block (tenant cached, no rate limits); larger ones, and "
+        "every other request, run in the thread pool (0 = never inline). 256 KiB of JSON "
+        "(47 digits-sized rows) hold the loop about 2 ms, less than a pool thread holds "
+        "the GIL before Python makes it yield (5 ms).",
     )
     rate_limit_burst_seconds: float = Field(
         default=1.0,

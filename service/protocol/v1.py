@@ -10,7 +10,7 @@ import orjson
 from numpy.typing import NDArray
 
 from ..errors import BadInput
-from .encoding import check_batch, dumps, parse_json, to_array
+from .encoding import check_batch, dumps, has_no_booleans, parse_json, to_array
 
 
 def decode_v1_request(body: bytes, max_batch: int) -> NDArray[Any]:
@@ -22,7 +22,7 @@ def decode_v1_request(body: bytes, max_batch: int) -> NDArray[Any]:
     if not isinstance(instances, list):
         raise BadInput('"instances" must be a list')
     check_batch(len(instances), max_batch)
-    return to_array(instances, '"instances"')
+    return to_array(instances, '"instances"', no_booleans=has_no_booleans(body))
 
 
 def encode_v1_response(
