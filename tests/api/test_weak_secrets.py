@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from pydantic import SecretStr
 
 from service import cli
-from service.commands import serve as serve_command
 from service.commands.serve import MIN_TOKEN_CHARS, weak_token_problem
-
-from ..onnx_factory import write_linear_model
 
 REPO = Path(__file__).resolve().parents[2]
 STRONG = "9f2c4e6a8b0d1f3e5a7c9b1d3f5e7a9c"  # 32 hex characters, as `openssl rand -hex 16`
@@ -57,33 +55,12 @@ def test_long_random_tokens_and_unset_ones_are_accepted(token: str) -> None:
     assert weak_token_problem(None) is None
 
 
-@pytest.fixture
-def serve_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, bool]:
-    """Environment of a `dynanoise serve` on a test model; uvicorn replaced by a stub
-    that records whether it was reached."""
-    write_linear_model(tmp_path / "models", name="toy", n_features=4, n_classes=3, seed=0)
-    for name in ("DYNANOISE_ADMIN_TOKEN", "DYNANOISE_METRICS_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DYNANOISE_MODELS_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("DYNANOISE_DATABASE_URL", f"sqlite:///{tmp_path / 't.db'}")
-    monkeypatch.setenv("DYNANOISE_METRICS_PORT", "0")
-    monkeypatch.setenv("DYNANOISE_CREATE_DEMO_TENANT", "false")
-    monkeypatch.chdir(tmp_path)
-    started = {"uvicorn": False}
-
-    def fake_run(*args: object, **kwargs: object) -> None:
-        started["uvicorn"] = True
-
-    monkeypatch.setattr(serve_command.uvicorn, "run", fake_run)
-    return started
-
-
 @pytest.mark.parametrize("variable", ["DYNANOISE_ADMIN_TOKEN", "DYNANOISE_METRICS_TOKEN"])
 @pytest.mark.parametrize("case", [".env.example", "k8s admin example", "short"])
 def test_serve_refuses_a_weak_token_with_one_line_and_exit_2(
     variable: str,
     case: str,
-    serve_env: dict[str, bool],
+    uvicorn_calls: list[dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
@@ -91,19 +68,19 @@ def test_serve_refuses_a_weak_token_with_one_line_and_exit_2(
     code = cli.main(["serve"])
     output = "".join(capfd.readouterr())
     assert code == 2
-    assert not serve_env["uvicorn"]
+    assert not uvicorn_calls
     lines = [line for line in output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"dynanoise: cannot start: {variable} ")
     assert WEAK[case] not in output  # the line names the problem, not the token
 
 
 def test_serve_starts_with_a_strong_token(
-    serve_env: dict[str, bool], monkeypatch: pytest.MonkeyPatch
+    uvicorn_calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DYNANOISE_ADMIN_TOKEN", STRONG)
     monkeypatch.setenv("DYNANOISE_METRICS_TOKEN", STRONG[::-1])
     assert cli.main(["serve"]) == 0
-    assert serve_env["uvicorn"]
+    assert uvicorn_calls
 
 
 def test_compose_requires_the_admin_token_and_asks_for_32_characters() -> None:

@@ -48,6 +48,16 @@ def _decode(
             return "error", str(exc)
 
 
+def _assert_same(values: Any, fast: tuple[str, Any], general: tuple[str, Any]) -> None:
+    """The same array (dtype, shape, values) or the same error message."""
+    assert fast[0] == general[0], (values, fast, general)
+    if fast[0] == "error":
+        assert fast[1] == general[1]
+    else:
+        assert fast[1].dtype == general[1].dtype and fast[1].shape == general[1].shape
+        np.testing.assert_array_equal(fast[1], general[1])
+
+
 def _has_bool(values: Any) -> bool:
     if isinstance(values, list):
         return any(_has_bool(value) for value in values)
@@ -60,12 +70,7 @@ def test_fast_rows_match_the_general_path(values: Any) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         fast = _decode(values, True, monkeypatch)
         general = _decode(values, False, monkeypatch)
-    assert fast[0] == general[0], (values, fast, general)
-    if fast[0] == "error":
-        assert fast[1] == general[1]
-    else:
-        assert fast[1].dtype == general[1].dtype and fast[1].shape == general[1].shape
-        np.testing.assert_array_equal(fast[1], general[1])
+    _assert_same(values, fast, general)
 
 
 @settings(max_examples=300, deadline=None)
@@ -76,12 +81,7 @@ def test_rows_known_to_hold_no_booleans_match_the_general_path(values: Any) -> N
     with pytest.MonkeyPatch.context() as monkeypatch:
         fast = _decode(values, True, monkeypatch, no_booleans=no_booleans)
         general = _decode(values, False, monkeypatch)
-    assert fast[0] == general[0], (values, fast, general)
-    if fast[0] == "error":
-        assert fast[1] == general[1]
-    else:
-        assert fast[1].dtype == general[1].dtype and fast[1].shape == general[1].shape
-        np.testing.assert_array_equal(fast[1], general[1])
+    _assert_same(values, fast, general)
 
 
 @pytest.mark.parametrize(
