@@ -112,6 +112,13 @@ async def run_steps_async(
         return done.value
 
 
+def _model_key(model: OnnxClassifier) -> tuple[str, int]:
+    """A loaded model's key for its batcher and gatherers: the loaded object, not only its
+    id, so a model reloaded under the same name@version (the repository API) gets ones
+    of its own session."""
+    return model.model_id, id(model)
+
+
 def _forget_gatherer(gatherers: dict[tuple[str, int], LoopGatherer], key: tuple[str, int]) -> None:
     gatherer = gatherers.pop(key, None)
     if gatherer is not None:
@@ -233,7 +240,7 @@ class Predictor:
     def gathers(self, model: OnnxClassifier) -> bool:
         """Whether ``model``'s measured cost makes its calls worth gathering now: its
         requests then await `logits_gathered` instead of running the model inline."""
-        batcher = self._batchers.get((model.model_id, id(model)))
+        batcher = self._batchers.get(_model_key(model))
         return batcher is not None and batcher.gathering
 
     def gatherer(self, model: OnnxClassifier) -> LoopGatherer:
@@ -243,7 +250,7 @@ class Predictor:
         assert batcher is not None, "gathering needs batching on"
         loop = asyncio.get_running_loop()
         gatherers = self._gatherers.setdefault(loop, {})
-        key = (model.model_id, id(model))
+        key = _model_key(model)
         gatherer = gatherers.get(key)
         if gatherer is None:
             gatherer = LoopGatherer(
@@ -257,9 +264,7 @@ class Predictor:
         """The model's batcher when batching is on (created on first use)."""
         if self._batching_delay_s <= 0:
             return None
-        # Keyed by the loaded object, not its id: a model reloaded under the same
-        # name@version (the repository API) gets a batcher of its own session.
-        key = (model.model_id, id(model))
+        key = _model_key(model)
         batcher = self._batchers.get(key)
         if batcher is None:
             with self._lock:

@@ -290,7 +290,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         # When the request's task is created (below): admission counts the time it then
         # waits for the event loop against its queue delay (service/api/admission.py).
-        self.scope["extensions"] = {ARRIVAL_EXTENSION: {"loop_time": self._phase_started}}
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[ARRIVAL_EXTENSION] = {"loop_time": self._phase_started}
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # not an upgrade: a response will follow

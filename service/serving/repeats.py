@@ -252,9 +252,9 @@ class RepeatedQueryMonitor:
             repeated = self.sketch.found(window.filters, positions)
             self.sketch.add(window.filters[window.current], positions)
             count = int(np.count_nonzero(repeated))
-            if n > 1:  # a row whose key an earlier row of the batch has, if not yet found
-                _, first = np.unique(keys, return_index=True)
-                count += n - len(first) - int(np.count_nonzero(np.delete(repeated, first)))
+            # A row whose key an earlier row of the batch has, if not yet found.
+            _, first = np.unique(keys, return_index=True)
+            count += n - len(first) - int(np.count_nonzero(np.delete(repeated, first)))
             window.repeats += count
         return count
 
