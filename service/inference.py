@@ -25,7 +25,7 @@ from .defense import (
     NoiseSource,
     OutputCalibration,
     StandardNormalPool,
-    apply_dynanoise,
+    defend_from,
     sensitivity,
 )
 from .errors import BadInput, DefenseFailure, OutputModeUnavailable
@@ -200,8 +200,14 @@ class Predictor:
             raise BadInput("the model produced non-finite values for this input")
         inferred = time.perf_counter()
         if calibration is None:
-            draws = self._draws(model, context, batch, logits)
-            out = apply_dynanoise(logits, params, draws)
+            out = defend_from(
+                self._noise,
+                logits,
+                params,
+                inputs=batch,
+                secret=context.noise_secret,
+                model_id=model.model_id,
+            )
             probabilities, risk, noise_std = out.probabilities, out.sensitivity, out.noise_std
         else:
             probabilities = calibration.answer(logits, min(params.buckets, calibration.max_buckets))
@@ -279,22 +285,3 @@ class Predictor:
                     self._batchers[key] = batcher
                     weakref.finalize(model, self._batchers.pop, key, None)
         return batcher
-
-    def _draws(
-        self,
-        model: OnnxClassifier,
-        context: DefenseContext,
-        batch: NDArray[np.generic],
-        logits: NDArray[Any],
-    ) -> NDArray[np.float64] | None:
-        """The N(0, 1) draws the tenant's noise mode asks for, shape (n, M, k)."""
-        n, k = logits.shape
-        return self._noise.draws(
-            context.params,
-            n,
-            k,
-            inputs=batch,
-            secret=context.noise_secret,
-            model_id=model.model_id,
-            logits=logits,
-        )

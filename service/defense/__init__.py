@@ -2,7 +2,7 @@
 
 from .baselines import no_defense, static_gaussian, temperature_only, top1_label_only, top_k_rounded
 from .calibrated import CalibrationMissing, OutputCalibration, top1_probability
-from .dynanoise import DefenseOutput, apply_dynanoise, defend, noise_variance
+from .dynanoise import DefenseOutput, apply_dynanoise, defend, defend_from, noise_variance
 from .noise import (
     DirectNormals,
     NoiseSource,
@@ -41,6 +41,7 @@ __all__ = [
     "apply_dynanoise",
     "canonical_rows",
     "defend",
+    "defend_from",
     "fresh_standard_normal",
     "keyed_seeds",
     "keyed_standard_normal",

@@ -23,6 +23,8 @@
  *   NormalBlocks(refill, block_size, class_major_max_classes)
  *       .take(count) -> float64 (count,)
  *       .draws(n, ensemble_size, n_classes) -> float64 (n, ensemble_size, n_classes)
+ *       .defend_entropy(logits, base_variance, lambda_scale, temperature[, output_type])
+ *           -> defend_entropy(logits, .draws(n, 1, k), ...), without the draws' array
  *
  * refill(size) returns `size` fresh N(0, 1) draws (a float64 ndarray). Every value is
  * served once: the GIL, held from the check to the hand-out, is the lock.
@@ -47,38 +49,38 @@ static int draw_strides(PyArrayObject *a, npy_intp n, npy_intp k, npy_intp *rs, 
     return -1;
 }
 
-static PyObject *defend(PyArrayObject *z, PyArrayObject *e, PyObject *variance_obj,
+/* Where the draws of row i, class j lie: eb + i rs + j cs (eb NULL: no noise). */
+typedef struct {
+    const char *eb;
+    npy_intp rs, cs;
+} DrawLayout;
+
+static PyObject *defend(PyArrayObject *z, DrawLayout draws, PyObject *variance_obj,
                         PyObject *lambda_obj, PyObject *temperature_obj, PyObject *output_type);
+
+static int check_logits_shape(PyArrayObject *z) {
+    if (PyArray_NDIM(z) == 2 && PyArray_DIM(z, 1) >= 2) return 0;
+    PyErr_SetString(PyExc_ValueError, "logits must have shape (n, k) with k >= 2");
+    return -1;
+}
+static PyObject *checked_output_type(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at);
+static PyObject *real_logits(PyObject *arg, PyObject **owned);
 
 static PyObject *defend_entropy(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5 && nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "defend_entropy takes 5 or 6 arguments");
         return NULL;
     }
-    PyObject *output_type = nargs == 6 ? args[5] : (PyObject *)&PyTuple_Type;
-    if (!PyType_Check(output_type) ||
-        !PyType_IsSubtype((PyTypeObject *)output_type, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "output_type must be a tuple type (a NamedTuple)");
-        return NULL;
-    }
+    PyObject *output_type = checked_output_type(args, nargs, 5);
+    if (output_type == NULL) return NULL;
     if (!PyArray_Check(args[0]) || (args[1] != Py_None && !PyArray_Check(args[1]))) {
         PyErr_SetString(PyExc_TypeError, "logits and draws must be numpy arrays");
         return NULL;
     }
-    /* Other dtypes (float16, integers...) are converted here, once: the common float32
-       and float64 inputs are read as they are, with no Python-side dtype checks. */
-    PyArrayObject *z = (PyArrayObject *)args[0];
-    PyArrayObject *e = args[1] == Py_None ? NULL : (PyArrayObject *)args[1];
     PyObject *z_owned = NULL, *e_owned = NULL, *result = NULL;
-    if (PyArray_TYPE(z) != NPY_FLOAT32 && PyArray_TYPE(z) != NPY_FLOAT64) {
-        if (!PyArray_ISNUMBER(z) || PyArray_ISCOMPLEX(z)) {
-            PyErr_SetString(PyExc_TypeError, "logits: expected real numbers");
-            return NULL;
-        }
-        z_owned = PyArray_FROMANY(args[0], NPY_FLOAT64, 0, 0, NPY_ARRAY_ALIGNED);
-        if (z_owned == NULL) return NULL;
-        z = (PyArrayObject *)z_owned;
-    }
+    PyArrayObject *z = (PyArrayObject *)real_logits(args[0], &z_owned);
+    if (z == NULL) return NULL;
+    PyArrayObject *e = args[1] == Py_None ? NULL : (PyArrayObject *)args[1];
     if (e != NULL && PyArray_TYPE(e) != NPY_FLOAT64) {
         if (!PyArray_ISFLOAT(e) || PyArray_ISCOMPLEX(e)) {
             PyErr_SetString(PyExc_TypeError, "draws: expected real floats");
@@ -88,32 +90,56 @@ static PyObject *defend_entropy(PyObject *self, PyObject *const *args, Py_ssize_
         if (e_owned == NULL) goto done;
         e = (PyArrayObject *)e_owned;
     }
-    result = defend(z, e, args[2], args[3], args[4], output_type);
+    DrawLayout draws = {NULL, 0, 0};
+    if (e != NULL) {
+        if (check_logits_shape(z) < 0) goto done;
+        if (draw_strides(e, PyArray_DIM(z, 0), PyArray_DIM(z, 1), &draws.rs, &draws.cs) < 0)
+            goto done;
+        draws.eb = PyArray_BYTES(e);
+    }
+    result = defend(z, draws, args[2], args[3], args[4], output_type);
 done:
     Py_XDECREF(z_owned);
     Py_XDECREF(e_owned);
     return result;
 }
 
-static PyObject *defend(PyArrayObject *z, PyArrayObject *e, PyObject *variance_obj,
+/* args[at] when given (a tuple type, such as a NamedTuple), else tuple itself. */
+static PyObject *checked_output_type(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at) {
+    PyObject *output_type = nargs > at ? args[at] : (PyObject *)&PyTuple_Type;
+    if (!PyType_Check(output_type) ||
+        !PyType_IsSubtype((PyTypeObject *)output_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "output_type must be a tuple type (a NamedTuple)");
+        return NULL;
+    }
+    return output_type;
+}
+
+/* The logits as an array the loop reads: float32 and float64 as they are (a borrowed
+   reference), other real dtypes (float16, integers...) converted once into *owned. */
+static PyObject *real_logits(PyObject *arg, PyObject **owned) {
+    PyArrayObject *z = (PyArrayObject *)arg;
+    if (PyArray_TYPE(z) == NPY_FLOAT32 || PyArray_TYPE(z) == NPY_FLOAT64) return arg;
+    if (!PyArray_ISNUMBER(z) || PyArray_ISCOMPLEX(z)) {
+        PyErr_SetString(PyExc_TypeError, "logits: expected real numbers");
+        return NULL;
+    }
+    *owned = PyArray_FROMANY(arg, NPY_FLOAT64, 0, 0, NPY_ARRAY_ALIGNED);
+    return *owned;
+}
+
+static PyObject *defend(PyArrayObject *z, DrawLayout draws, PyObject *variance_obj,
                         PyObject *lambda_obj, PyObject *temperature_obj, PyObject *output_type) {
     const double base_variance = PyFloat_AsDouble(variance_obj);
     const double lambda_scale = PyFloat_AsDouble(lambda_obj);
     const double temperature = PyFloat_AsDouble(temperature_obj);
     if (PyErr_Occurred()) return NULL;
-    if (PyArray_NDIM(z) != 2 || PyArray_DIM(z, 1) < 2) {
-        PyErr_SetString(PyExc_ValueError, "logits must have shape (n, k) with k >= 2");
-        return NULL;
-    }
+    if (check_logits_shape(z) < 0) return NULL;
     const int type = PyArray_TYPE(z);
     const npy_intp n = PyArray_DIM(z, 0), k = PyArray_DIM(z, 1);
-    const int noisy = e != NULL;
-    npy_intp e_rs = 0, e_cs = 0;
-    const char *eb = NULL;
-    if (noisy) {
-        if (draw_strides(e, n, k, &e_rs, &e_cs) < 0) return NULL;
-        eb = PyArray_BYTES(e);
-    }
+    const int noisy = draws.eb != NULL;
+    const char *eb = draws.eb;
+    const npy_intp e_rs = draws.rs, e_cs = draws.cs;
     npy_intp shape[2] = {n, k};
     PyObject *probs = PyArray_SimpleNew(2, shape, NPY_FLOAT32);
     PyObject *risks = PyArray_SimpleNew(1, shape, NPY_FLOAT64);
@@ -306,6 +332,43 @@ static PyObject *blocks_draws(NormalBlocks *self, PyObject *const *args, Py_ssiz
     return view_of(owner, data, 3, dims, strides);
 }
 
+/* defend_entropy with this pool's next n k draws, laid out as `draws` would give them:
+   the same values and the same answer as defend_entropy(z, self.draws(n, 1, k), ...),
+   without building the draws' array (the one-row request's defense in one call). */
+static PyObject *blocks_defend_entropy(NormalBlocks *self, PyObject *const *args,
+                                       Py_ssize_t nargs) {
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "defend_entropy takes 4 or 5 arguments");
+        return NULL;
+    }
+    PyObject *output_type = checked_output_type(args, nargs, 4);
+    if (output_type == NULL) return NULL;
+    if (!PyArray_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "logits must be a numpy array");
+        return NULL;
+    }
+    PyObject *z_owned = NULL;
+    PyArrayObject *z = (PyArrayObject *)real_logits(args[0], &z_owned);
+    if (z == NULL) return NULL;
+    PyObject *result = NULL;
+    if (check_logits_shape(z) == 0) {
+        const npy_intp n = PyArray_DIM(z, 0), k = PyArray_DIM(z, 1), d = sizeof(double);
+        DrawLayout draws;
+        /* The block stays alive while the kernel reads it (a long batch lets other
+           threads run, and one of them may replace the block). */
+        PyObject *owner = reserve(self, n * k, &draws.eb);
+        if (owner != NULL) {
+            const int class_major = n > 1 && k <= self->class_major_max;
+            draws.rs = class_major ? d : k * d;
+            draws.cs = class_major ? n * d : d;
+            result = defend(z, draws, args[1], args[2], args[3], output_type);
+            Py_DECREF(owner);
+        }
+    }
+    Py_XDECREF(z_owned);
+    return result;
+}
+
 static int blocks_init(NormalBlocks *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"refill", "block_size", "class_major_max_classes", NULL};
     PyObject *refill;
@@ -336,6 +399,8 @@ static PyMethodDef blocks_methods[] = {
     {"take", (PyCFunction)blocks_take, METH_O, "count draws, shape (count,), never served before."},
     {"draws", (PyCFunction)(void (*)(void))blocks_draws, METH_FASTCALL,
      "Draws of shape (n, ensemble_size, n_classes), in the defense's layout."},
+    {"defend_entropy", (PyCFunction)(void (*)(void))blocks_defend_entropy, METH_FASTCALL,
+     "defend_entropy(logits, self.draws(n, 1, k), ...) in one call: (probabilities, risk, std)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -10,7 +10,7 @@ would solve for the clean logits (c = (rho c1 - c2) / (rho - 1)).
 The per-row seed expands into normals with a counter-based generator
 (SplitMix64 + Box-Muller) vectorised over the whole batch, because creating
 one numpy Generator per row costs more than the whole request
-(bench/README.md, "Micro-timings behind the code"). Where the C extensions are built, the
+(bench/micro-timings.md). Where the C extensions are built, the
 HMAC loop runs in ``_keyed.c`` (OpenSSL) and the fresh-noise pool in ``_kernel.c``;
 the Python code below gives the same values.
 """
@@ -75,7 +75,7 @@ class StandardNormalPool:
     caller (thread-safe); a block is drawn on first use, never at construction, so
     a pool built before a fork is not shared by the children. With the C kernel the
     blocks are served by ``_kernel.NormalBlocks`` (the GIL is its lock; a tenth of
-    the cost), in the same order (bench/README.md, "Micro-timings behind the code").
+    the cost), in the same order (bench/micro-timings.md).
     """
 
     def __init__(self, rng: np.random.Generator, block_size: int = 16_384) -> None:
@@ -108,6 +108,12 @@ class StandardNormalPool:
             self._used = start + count
             block = self._block
         return block[start : start + count]
+
+    @property
+    def compiled(self) -> Any | None:
+        """The C kernel's ``NormalBlocks`` serving these draws, or None: its
+        ``defend_entropy`` runs the defense on the next draws in one call."""
+        return self._compiled
 
     def draws(self, n: int, ensemble_size: int, n_classes: int) -> NDArray[np.float64]:
         """Draws of shape (n, ensemble_size, n_classes), in the memory layout the defense
@@ -326,6 +332,8 @@ class NoiseSource:
 
     def __init__(self, fresh: FreshNormals, *, max_seeders: int = 1024) -> None:
         self._fresh = fresh
+        # The compiled pool behind fresh draws, when there is one (`defend_from`).
+        self.compiled_fresh = fresh.compiled if isinstance(fresh, StandardNormalPool) else None
         self._max_seeders = max_seeders
         self._seeders: dict[tuple[bytes, str], KeyedSeeder] = {}
         self._lock = threading.Lock()

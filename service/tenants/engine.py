@@ -382,7 +382,7 @@ def _postgres_timeouts(url: URL, limits: StoreLimits) -> dict[str, Any]:
 
 def _use_write_ahead_log(engine: Engine) -> None:
     # WAL lets readers run beside a writer and, with synchronous=NORMAL, a commit
-    # costs no fsync (bench/README.md, "Micro-timings behind the code").
+    # costs no fsync (bench/micro-timings.md).
     # A crash can lose the last commits but never corrupts the file.
     @event.listens_for(engine, "connect")
     def _wal(dbapi_connection: Any, _record: Any) -> None:

@@ -12,7 +12,17 @@ import os
 import numpy as np
 import pytest
 
-from service.defense import DefenseParams, apply_dynanoise, dynanoise, noise
+from service.defense import (
+    DefenseOutput,
+    DefenseParams,
+    NoiseMode,
+    NoiseSource,
+    Sensitivity,
+    apply_dynanoise,
+    defend_from,
+    dynanoise,
+    noise,
+)
 from service.defense._compiled import kernel, keyed
 from service.defense.noise import StandardNormalPool
 
@@ -189,3 +199,72 @@ def test_the_compiled_pool_keeps_served_values_alive_and_rejects_bad_refills() -
     bad = kernel.NormalBlocks(lambda size: np.zeros(size, dtype=np.float32), 8, 64)
     with pytest.raises(TypeError, match="refill"):
         bad.take(3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32])
+def test_the_pools_one_call_defense_equals_draws_then_kernel(dtype: type) -> None:
+    """`defend_from` on a compiled pool: the same values, in the same order, and the
+    same bits as drawing first and applying the defense after, for one row, few
+    classes (class-major draws), many classes (row-major), across block ends and for
+    batches larger than a block."""
+    fused = StandardNormalPool(np.random.default_rng(21), block_size=64)
+    split = StandardNormalPool(np.random.default_rng(21), block_size=64)
+    source = NoiseSource(fused)
+    assert source.compiled_fresh is fused.compiled is not None
+    params = DefenseParams(base_variance=0.7, lambda_scale=2.0, temperature=1.5)
+    rng = np.random.default_rng(5)
+    for n, k in [(1, 10), (5, 10), (3, 7), (1, 60), (2, 100), (40, 2), (0, 10), (1, 10)]:
+        logits = (rng.normal(size=(n, k)) * 4).astype(dtype)
+        got = defend_from(source, logits, params)
+        expected = apply_dynanoise(logits, params, split.draws(n, 1, k))
+        assert type(got) is DefenseOutput
+        for a, b in zip(got, expected, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(fused.take(3), split.take(3))  # same stream position
+
+
+def test_the_pools_one_call_defense_leaves_other_settings_to_the_general_path() -> None:
+    """Keyed noise, an ensemble, another sensitivity, no noise and extreme parameters
+    take draws from the source and `apply_dynanoise`, as before."""
+    logits = np.random.default_rng(2).normal(size=(3, 10)).astype(np.float32)
+    settings = [
+        DefenseParams(ensemble_size=3),
+        DefenseParams(sensitivity=Sensitivity.MARGIN),
+        DefenseParams(base_variance=0.0),
+        DefenseParams(temperature=1e-7),
+    ]
+    for params in settings:
+        fused = StandardNormalPool(np.random.default_rng(4), block_size=64)
+        split = StandardNormalPool(np.random.default_rng(4), block_size=64)
+        got = defend_from(NoiseSource(fused), logits, params)
+        draws = NoiseSource(split).draws(params, 3, 10)
+        expected = apply_dynanoise(logits, params, draws)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+    keyed = DefenseParams(noise_mode=NoiseMode.KEYED)
+    source = NoiseSource(StandardNormalPool(np.random.default_rng(4)))
+    inputs = np.ones((3, 4), dtype=np.float32)
+    first = defend_from(source, logits, keyed, inputs=inputs, secret=b"s" * 32, model_id="m")
+    again = defend_from(source, logits, keyed, inputs=inputs, secret=b"s" * 32, model_id="m")
+    np.testing.assert_array_equal(first.probabilities, again.probabilities)
+
+
+def test_the_pools_one_call_defense_checks_its_arguments() -> None:
+    assert kernel is not None
+    blocks = kernel.NormalBlocks(np.random.default_rng(3).standard_normal, 8, 64)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        blocks.defend_entropy(np.zeros((2, 1)), 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        blocks.defend_entropy(np.zeros(4), 1.0, 1.0, 1.0)
+    with pytest.raises(TypeError):
+        blocks.defend_entropy([[0.0, 1.0]], 1.0, 1.0, 1.0)
+    with pytest.raises(TypeError):
+        blocks.defend_entropy(np.zeros((2, 3), dtype=np.complex64), 1.0, 1.0, 1.0)
+    with pytest.raises(TypeError, match="output_type"):
+        blocks.defend_entropy(np.zeros((2, 3)), 1.0, 1.0, 1.0, dict)
+    with pytest.raises(TypeError):
+        blocks.defend_entropy(np.zeros((2, 3)), 1.0, 1.0)
+    # A failed call serves no draws: the next values are the ones that were next.
+    fresh = kernel.NormalBlocks(np.random.default_rng(3).standard_normal, 8, 64)
+    np.testing.assert_array_equal(blocks.take(4), fresh.take(4))
