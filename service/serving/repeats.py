@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from ..defense._compiled import kernel as _kernel
 from ..defense.noise import KeyedSeeder
 
 KEPT_MANTISSA_BITS = 8
@@ -57,6 +58,15 @@ def quantize(batch: NDArray[np.generic]) -> NDArray[np.float32]:
     about 1 - 64 * 2^-15 = 99.8 %. Denormals, tiny values written into zero features
     and the sign of zero do not move the key. Other dtypes are keyed as float32.
     """
+    if _kernel is not None:  # the same bits in one pass (service/defense/_kernel.c)
+        return _kernel.quantize_rows(
+            np.asarray(batch), FLUSH_BELOW, int(_ROUND_OFFSET), int(_KEEP_MASK)
+        )
+    return _quantize_in_numpy(batch)
+
+
+def _quantize_in_numpy(batch: NDArray[np.generic]) -> NDArray[np.float32]:
+    """`quantize` where the C kernel is not built."""
     rows = np.asarray(batch).reshape(len(batch), -1).astype(np.float32, copy=False)
     magnitude = np.abs(rows)
     floor = magnitude.max(axis=1, keepdims=True, initial=0.0)

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sklearn.datasets import load_digits
 
 from service.app import create_app
+from service.serving import repeats
 from service.serving.repeats import BloomSketch, RepeatedQueryMonitor, RowHasher, quantize
 from service.settings import Settings
 
@@ -307,3 +308,55 @@ def test_a_capped_tenant_never_runs_on_the_event_loop(
 ) -> None:
     cached = settings.model_copy(update={"tenant_cache_seconds": 60.0})
     assert _hops(cached, monkeypatch, {"repeated_queries_per_minute": 1000.0}, SMALL) == 3
+
+
+def _awkward_rows(rng: np.random.Generator, n: int, features: int) -> NDArray[np.float32]:
+    """Rows with every case `quantize` treats apart: zeros of both signs, denormals,
+    values near the flush floor, huge and tiny scales, infinities, NaN rows."""
+    scale = np.float32(10.0) ** rng.integers(-40, 38, size=(n, 1)).astype(np.float32)
+    rows = (rng.normal(size=(n, features)) * scale).astype(np.float32)
+    mask = rng.random((n, features))
+    rows[mask < 0.05] = 0.0
+    rows[(mask >= 0.05) & (mask < 0.1)] = -0.0
+    rows[(mask >= 0.1) & (mask < 0.15)] = np.float32(1e-40)  # a float32 denormal
+    top = np.abs(rows).max(axis=1, keepdims=True)
+    near_floor = (top * np.float32(2.0**-16)).repeat(features, axis=1)
+    rows[(mask >= 0.15) & (mask < 0.2)] = near_floor[(mask >= 0.15) & (mask < 0.2)]
+    if n > 2:
+        rows[1, 0] = np.inf
+        rows[2, -1] = np.nan
+    return rows
+
+
+@pytest.mark.skipif(repeats._kernel is None, reason="no C kernel (tests/defense/test_kernel.py)")
+@pytest.mark.parametrize("seed", range(8))
+def test_the_compiled_quantize_gives_numpys_bits(seed: int) -> None:
+    """The C pass (`_kernel.quantize_rows`) against the numpy code it replaces, bit for
+    bit, on float32 rows with every awkward value, other dtypes (cast as astype
+    casts), batches of more dimensions, views with strides, and rows of no features (the
+    monitor never keys an empty batch)."""
+    rng = np.random.default_rng(seed)
+    rows = _awkward_rows(rng, 16, 1 + seed * 9)
+    batches: list[NDArray[np.generic]] = [
+        rows,
+        rows.astype(np.float64) * (1 + 1e-9),  # rounds on the cast to float32
+        rng.integers(-(2**31), 2**31 - 1, size=(5, 7), dtype=np.int64),
+        rng.integers(0, 255, size=(3, 2, 4), dtype=np.uint8),
+        np.clip(rows, -6e4, 6e4).astype(np.float16),
+        rows[::2, ::-1],
+        rows.reshape(16, 1, -1),
+        np.zeros((3, 0), dtype=np.float32),
+    ]
+    for batch in batches:
+        got = quantize(batch)
+        expected = repeats._quantize_in_numpy(batch)
+        assert got.dtype == expected.dtype == np.float32
+        assert got.shape == expected.shape
+        np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+
+
+def test_quantize_refuses_what_is_not_a_batch_of_numbers() -> None:
+    with pytest.raises(TypeError):
+        quantize(np.float32(1.0))  # type: ignore[arg-type]
+    with pytest.raises((TypeError, ValueError)):  # numpy's code: ValueError
+        quantize(np.array([["a", "b"]]))
