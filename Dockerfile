@@ -11,9 +11,9 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-# gcc builds the defense's C extensions (service/defense/_kernel.c, and _keyed.c
-# against OpenSSL's headers); only the compiled modules reach the runtime image,
-# whose Python already carries libcrypto. Debian's stable packages, not pinned:
+# gcc builds the C extensions (service/defense/_kernel.c, service/protocol/_rows.c,
+# and service/defense/_keyed.c against OpenSSL's headers); only the compiled modules
+# reach the runtime image, whose Python already carries libcrypto. Debian's stable packages, not pinned:
 # security updates land on rebuild.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -33,7 +33,7 @@ COPY service ./service
 # `.` without extras: serving only; torch and scikit-learn stay in `.[audit]`.
 RUN pip install --no-cache-dir --no-deps . \
     && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
-    && python -I -c "from service.defense._compiled import keyed, kernel; assert kernel and keyed"
+    && python -I -c "from service.defense._compiled import keyed, kernel; from service.protocol import v1; assert kernel and keyed and v1._rows"
 
 # --- runtime -----------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

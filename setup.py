@@ -1,4 +1,4 @@
-"""The optional C extensions of the defense (service/defense/_kernel.c, _keyed.c).
+"""The optional C extensions (service/defense/_kernel.c, _keyed.c, service/protocol/_rows.c).
 
 Everything else lives in pyproject.toml. `optional=True`: without a C compiler (or,
 for _keyed, without OpenSSL's headers) the install still succeeds and the defense
@@ -23,6 +23,12 @@ setup(
             ["service/defense/_keyed.c"],
             include_dirs=[numpy.get_include()],
             libraries=["crypto"],  # OpenSSL's libcrypto, the one hashlib uses
+            optional=True,
+        ),
+        Extension(
+            "service.protocol._rows",
+            ["service/protocol/_rows.c"],
+            include_dirs=[numpy.get_include()],
             optional=True,
         ),
     ]

@@ -1,26 +1,13 @@
-"""The optional C extensions, built by setup.py when a compiler is there.
+"""The defense's optional C extensions (`service.native`).
 
-``kernel`` (``_kernel.c``: the entropy defense and the fresh-noise pool) and ``keyed``
-(``_keyed.c``: keyed noise's HMAC seeds, with OpenSSL) are None where they were not
-built, or when DYNANOISE_PURE_PYTHON=1 asks for the Python code (a machine without a
-compiler runs the tests that way).
+``kernel`` (``_kernel.c``: the entropy defense, the fresh-noise pool and the repeat
+monitor's row keys) and ``keyed`` (``_keyed.c``: keyed noise's HMAC seeds, with
+OpenSSL) are None where they were not built or DYNANOISE_PURE_PYTHON=1.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
+from ..native import load_extension
 
-
-def _load(name: str) -> ModuleType | None:
-    if os.environ.get("DYNANOISE_PURE_PYTHON") == "1":
-        return None
-    try:
-        return importlib.import_module(f"{__package__}.{name}")
-    except ImportError:  # not built at install time: the Python code runs instead
-        return None
-
-
-kernel = _load("_kernel")
-keyed = _load("_keyed")
+kernel = load_extension(f"{__package__}._kernel")
+keyed = load_extension(f"{__package__}._keyed")

@@ -10,11 +10,23 @@ import orjson
 from numpy.typing import NDArray
 
 from ..errors import BadInput
+from ..native import load_extension
 from .encoding import check_batch, dumps, has_no_booleans, parse_json, to_array
+
+_rows = load_extension("service.protocol._rows")
 
 
 def decode_v1_request(body: bytes, max_batch: int) -> NDArray[Any]:
-    """Server side: {"instances": [instance, ...]} -> array (n, *sample_shape)."""
+    """Server side: {"instances": [instance, ...]} -> array (n, *sample_shape).
+
+    A body of rows of numbers and nothing else is parsed straight into the array where
+    the C parser is built (``_rows.c``: the same array, a fraction of the time);
+    everything else, errors included, takes orjson and `to_array`."""
+    if _rows is not None and type(body) is bytes:
+        rows = _rows.v1_rows(body)
+        if rows is not None:
+            check_batch(len(rows), max_batch)
+            return rows
     payload = parse_json(body)
     if not isinstance(payload, dict) or "instances" not in payload:
         raise BadInput('body must be a JSON object with an "instances" list')

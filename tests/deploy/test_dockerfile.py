@@ -66,6 +66,7 @@ def test_every_copy_source_exists_and_is_in_the_build_context(
         "service/__pycache__/x.pyc",
         "service/defense/_kernel.cpython-311-x86_64-linux-gnu.so",
         "service/defense/_keyed.cpython-311-x86_64-linux-gnu.so",
+        "service/protocol/_rows.cpython-311-x86_64-linux-gnu.so",
     ],
 )
 def test_dockerignore_keeps_the_context_small(repo: Path, path: str) -> None:
@@ -150,7 +151,8 @@ def test_start_command_serves_from_a_clean_venv_without_torch(
             str(python),
             "-I",
             "-c",
-            "from service.defense._compiled import keyed, kernel; print(kernel, keyed)",
+            "from service.defense._compiled import keyed, kernel; from service.protocol import v1;"
+            " print(kernel, keyed, v1._rows)",
         ],
         capture_output=True,
         text=True,
@@ -158,6 +160,7 @@ def test_start_command_serves_from_a_clean_venv_without_torch(
     )
     assert "_kernel" in kernel.stdout, "the C kernel was not built: " + kernel.stderr
     assert "_keyed" in kernel.stdout, "the keyed seeds were not built: " + kernel.stderr
+    assert "_rows" in kernel.stdout, "the v1 body parser was not built: " + kernel.stderr
 
     # The runtime stage's filesystem: WORKDIR /app with models/, data/, metrics/.
     app = tmp_path / APP_DIR.strip("/")
