@@ -1,13 +1,14 @@
 /*
  * The v1 request body in one pass: {"instances": [[number, ...], ...]} -> ndarray.
  *
- *   v1_rows(body: bytes) -> ndarray (n, features) or None
+ *   v1_rows(body: bytes[, float32: bool]) -> ndarray (n, features) or None
  *
  * The common v1 request is a JSON object whose only key is "instances", a non-empty
  * list of equally long, non-empty lists of JSON numbers. For exactly that, this returns
  * what the general path (orjson, then numpy: service/protocol/v1.py) returns: int64
  * when every number is an integer, else float64, each value the one Python's float()
- * or int() gives. For anything else (another key, a string, a boolean, a null, a
+ * or int() gives; with float32, that array cast to float32 as numpy's astype casts it
+ * (for a float32 model, whose validation then has nothing to cast). For anything else (another key, a string, a boolean, a null, a
  * nested or ragged or empty row, an integer of more than 15 digits, a number beyond
  * float64, malformed JSON) it returns None and the general path decodes the body and
  * words the error: this code never refuses a request itself.
@@ -208,11 +209,14 @@ static int parse_rows(const char *p, const char *end, Values *values, npy_intp *
     return skip_ws(p, end) == end;
 }
 
-static PyObject *v1_rows(PyObject *self, PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "v1_rows takes bytes");
+static PyObject *v1_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "v1_rows takes (body: bytes[, float32: bool])");
         return NULL;
     }
+    PyObject *arg = args[0];
+    const int float32 = nargs == 2 ? PyObject_IsTrue(args[1]) : 0;
+    if (float32 < 0) return NULL;
     const char *start = PyBytes_AS_STRING(arg);
     const char *end = start + PyBytes_GET_SIZE(arg);
     Values values;
@@ -230,9 +234,15 @@ static PyObject *v1_rows(PyObject *self, PyObject *arg) {
         goto done;
     }
     npy_intp shape[2] = {n, width};
-    array = PyArray_SimpleNew(2, shape, all_integers ? NPY_INT64 : NPY_FLOAT64);
+    array = PyArray_SimpleNew(2, shape,
+                              float32 ? NPY_FLOAT32 : all_integers ? NPY_INT64 : NPY_FLOAT64);
     if (array == NULL) goto done;
-    if (all_integers) {
+    if (float32) {
+        /* numpy's astype(float32) of the float64 or int64 array: one rounding of each
+           value (integers of at most 15 digits are exact as doubles). */
+        float *out = PyArray_DATA((PyArrayObject *)array);
+        for (npy_intp i = 0; i < values.size; i++) out[i] = (float)values.data[i];
+    } else if (all_integers) {
         int64_t *out = PyArray_DATA((PyArrayObject *)array);
         for (npy_intp i = 0; i < values.size; i++) out[i] = (int64_t)values.data[i];
     } else {
@@ -245,8 +255,9 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"v1_rows", v1_rows, METH_O,
-     "{\"instances\": [[numbers], ...]} -> int64 or float64 (n, features), or None."},
+    {"v1_rows", (PyCFunction)(void (*)(void))v1_rows, METH_FASTCALL,
+     "{\"instances\": [[numbers], ...]} -> int64 or float64 (n, features) (float32 if "
+     "asked), or None."},
     {NULL, NULL, 0, NULL},
 };
 

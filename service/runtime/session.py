@@ -86,8 +86,11 @@ class OnnxClassifier:
             raise BadInput(
                 f"each instance must have shape {list(self.sample_shape)}, got {list(batch.shape[1:])}"
             )
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = batch.astype(self.dtype, copy=False)
+        if batch.dtype == self.dtype:  # decoded in the model's dtype: nothing to cast
+            cast = batch
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = batch.astype(self.dtype)
         if cast.dtype.kind == "f" and not np.isfinite(cast).all():
             raise BadInput("inputs must be finite (no NaN or Inf, and within float32 range)")
         return cast

@@ -92,7 +92,8 @@ class V1Codec:
         version: str | None,
         max_batch: int,
     ) -> Decoded:
-        return Decoded(decode_v1_request(body, max_batch))
+        float32 = manifest.input.dtype == "float32"
+        return Decoded(decode_v1_request(body, max_batch, float32=float32))
 
     def encode(
         self, manifest: Manifest, decoded: Decoded, probabilities: NDArray[np.float32]

@@ -27,27 +27,34 @@ def test_the_parser_is_built() -> None:
     assert v1._rows is not None, "service/protocol/_rows.c is not built: reinstall"
 
 
-def _decode(body: bytes, *, compiled: bool) -> tuple[str, Any]:
+def _decode(body: bytes, *, compiled: bool, float32: bool = False) -> tuple[str, Any]:
     with pytest.MonkeyPatch.context() as patch:
         if not compiled:
             patch.setattr(v1, "_rows", None)
         try:
-            return "array", v1.decode_v1_request(body, MAX_BATCH)
+            return "array", v1.decode_v1_request(body, MAX_BATCH, float32=float32)
         except DynanoiseError as exc:
             return type(exc).__name__, str(exc)
 
 
 def _assert_same(body: bytes) -> None:
-    fast = _decode(body, compiled=True)
+    """Compiled or not, the same array or error; and asked for float32, the compiled
+    parser's array is the general path's cast as `OnnxClassifier.validate` casts it."""
     general = _decode(body, compiled=False)
-    assert fast[0] == general[0], (body, fast, general)
-    if fast[0] != "array":
-        assert fast[1] == general[1]
-        return
-    a, b = fast[1], general[1]
-    assert a.dtype == b.dtype and a.shape == b.shape, (body, a, b)
-    # Bits, not values: -0.0 and 0.0 must not be told apart differently.
-    np.testing.assert_array_equal(a.view(np.uint64), b.view(np.uint64))
+    for float32 in (False, True):
+        fast = _decode(body, compiled=True, float32=float32)
+        assert fast[0] == general[0], (body, fast, general)
+        if fast[0] != "array":
+            assert fast[1] == general[1]
+            continue
+        a, b = fast[1], general[1]
+        if float32 and a.dtype == np.float32:  # the general path leaves the cast to validate
+            with np.errstate(over="ignore", invalid="ignore"):
+                b = b.astype(np.float32)
+        assert a.dtype == b.dtype and a.shape == b.shape, (body, a, b)
+        # Bits, not values: -0.0 and 0.0 must not be told apart differently.
+        bits = np.uint32 if a.dtype == np.float32 else np.uint64
+        np.testing.assert_array_equal(a.view(bits), b.view(bits))
 
 
 _WS = st.sampled_from(["", " ", "\n", "\t ", "\r\n  "])
@@ -166,6 +173,9 @@ def test_the_parser_takes_the_simple_form_and_hands_back_the_rest() -> None:
     np.testing.assert_array_equal(rows, [[0.25, 1.0], [2.0, -35.0]])
     ints = v1._rows.v1_rows(b'{"instances":[[1,-2]]}')
     assert ints is not None and ints.dtype == np.int64
+    narrow = v1._rows.v1_rows(b'{"instances":[[1,-2],[0.1,1e39]]}', True)
+    assert narrow is not None and narrow.dtype == np.float32
+    np.testing.assert_array_equal(narrow, np.float32([[1, -2], [0.1, np.inf]]))
     for other in [b'{"instances": [[true]]}', b'{"inputs": [[1]]}', b'{"instances": [[1e999]]}']:
         assert v1._rows.v1_rows(other) is None
     with pytest.raises(TypeError):
