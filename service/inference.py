@@ -8,7 +8,6 @@ answer tables instead of DynaNoise: deterministic, no noise drawn.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import threading
 import time
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from .arrays import all_finite, label_flips
 from .defense import (
     DefenseParams,
     NoiseSource,
@@ -196,7 +196,7 @@ class Predictor:
         logits = yield LogitsOf(model, batch)
         # A model can overflow on extreme (finite) inputs; never pass Inf/NaN on. Part
         # of the model's time: it checks the model's output, not the defense's.
-        if not np.isfinite(logits).all():
+        if not all_finite(logits):
             raise BadInput("the model produced non-finite values for this input")
         inferred = time.perf_counter()
         if calibration is None:
@@ -215,12 +215,12 @@ class Predictor:
             risk = sensitivity(logits, params.sensitivity)
             noise_std = np.zeros(len(risk))
         defended = time.perf_counter()
-        if not math.isfinite(probabilities.sum(dtype=np.float64)):
+        if not all_finite(probabilities):
             # The defense is overflow-proof; this guards the invariant, never a NaN answer.
             raise DefenseFailure("the defense produced non-finite probabilities")
 
         # Zero in the lossy modes by construction (the tables keep the model's label).
-        flips = int(np.count_nonzero(probabilities.argmax(axis=1) != logits.argmax(axis=1)))
+        flips = label_flips(probabilities, logits)
         self._metrics.observe_prediction(
             model.name,
             context.tenant,

@@ -30,6 +30,9 @@
  *
  *   quantize_rows(batch, flush_below, round_offset, keep_mask) -> float32 (n, features)
  *       the repeat monitor's row keys, as service/serving/repeats.py `quantize`
+ *   all_finite(array), label_flips(probabilities, logits)
+ *       the request path's checks on its arrays (service/arrays.py), or None where
+ *       numpy decides (another dtype, a view with strides)
  *
  * refill(size) returns `size` fresh N(0, 1) draws (a float64 ndarray). Every value is
  * served once: the GIL, held from the check to the hand-out, is the lock.
@@ -484,9 +487,83 @@ static PyObject *quantize_rows(PyObject *self, PyObject *const *args, Py_ssize_t
     return out;
 }
 
+/* ---- checks on the request's arrays (service/arrays.py) ---- */
+
+/* A C-contiguous float32 or float64 array's type, else 0: the caller lets numpy decide. */
+static int contiguous_float(PyObject *arg) {
+    if (!PyArray_Check(arg)) return 0;
+    PyArrayObject *a = (PyArrayObject *)arg;
+    const int type = PyArray_TYPE(a);
+    if ((type != NPY_FLOAT32 && type != NPY_FLOAT64) || !PyArray_IS_C_CONTIGUOUS(a) ||
+        !PyArray_ISNOTSWAPPED(a))
+        return 0;
+    return type;
+}
+
+/* all_finite(array) -> bool, or None for an array that is not a C-contiguous float32 or
+   float64 one: np.isfinite(array).all(). */
+static PyObject *all_finite(PyObject *self, PyObject *arg) {
+    const int type = contiguous_float(arg);
+    if (!type) Py_RETURN_NONE;
+    const npy_intp size = PyArray_SIZE((PyArrayObject *)arg);
+    const void *data = PyArray_DATA((PyArrayObject *)arg);
+    int finite = 1;
+    if (type == NPY_FLOAT32) {
+        const float *v = data;
+        for (npy_intp i = 0; i < size && finite; i++) finite = isfinite(v[i]);
+    } else {
+        const double *v = data;
+        for (npy_intp i = 0; i < size && finite; i++) finite = isfinite(v[i]);
+    }
+    return PyBool_FromLong(finite);
+}
+
+/* np.argmax of row i of a (n, k) array: the first largest value, or the first NaN. */
+static npy_intp row_argmax(const char *data, int type, npy_intp i, npy_intp k) {
+    npy_intp best = 0;
+    double top = 0.0;
+    for (npy_intp j = 0; j < k; j++) {
+        const double v = type == NPY_FLOAT32 ? (double)((const float *)data)[i * k + j]
+                                             : ((const double *)data)[i * k + j];
+        if (v != v) return j;
+        if (j == 0 || v > top) {
+            top = v;
+            best = j;
+        }
+    }
+    return best;
+}
+
+/* label_flips(probabilities, logits) -> int, or None unless both are C-contiguous
+   float32 or float64 arrays of one (n, k) shape: the rows whose argmax differs,
+   np.count_nonzero(probabilities.argmax(axis=1) != logits.argmax(axis=1)). */
+static PyObject *label_flips(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "label_flips takes (probabilities, logits)");
+        return NULL;
+    }
+    const int p_type = contiguous_float(args[0]), z_type = contiguous_float(args[1]);
+    if (!p_type || !z_type) Py_RETURN_NONE;
+    PyArrayObject *p = (PyArrayObject *)args[0], *z = (PyArrayObject *)args[1];
+    if (PyArray_NDIM(p) != 2 || PyArray_NDIM(z) != 2 || PyArray_DIM(p, 0) != PyArray_DIM(z, 0) ||
+        PyArray_DIM(p, 1) != PyArray_DIM(z, 1) || PyArray_DIM(p, 1) < 1)
+        Py_RETURN_NONE;
+    const npy_intp n = PyArray_DIM(p, 0), k = PyArray_DIM(p, 1);
+    npy_intp flips = 0;
+    for (npy_intp i = 0; i < n; i++) {
+        flips += row_argmax(PyArray_BYTES(p), p_type, i, k) !=
+                 row_argmax(PyArray_BYTES(z), z_type, i, k);
+    }
+    return PyLong_FromSsize_t((Py_ssize_t)flips);
+}
+
 static PyMethodDef methods[] = {
     {"defend_entropy", (PyCFunction)(void (*)(void))defend_entropy, METH_FASTCALL,
      "DynaNoise, M = 1, entropy sensitivity: (probabilities, risk, std)."},
+    {"all_finite", all_finite, METH_O,
+     "np.isfinite(a).all() for a C-contiguous float32/float64 array, else None."},
+    {"label_flips", (PyCFunction)(void (*)(void))label_flips, METH_FASTCALL,
+     "Rows whose argmax differs between two (n, k) arrays, or None."},
     {"quantize_rows", (PyCFunction)(void (*)(void))quantize_rows, METH_FASTCALL,
      "The repeat monitor's coarse rows (repeats.quantize): float32 (n, features)."},
     {NULL, NULL, 0, NULL},

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from ..arrays import all_finite
 from ..defense.calibrated import OutputCalibration
 from ..errors import BadInput
 from .inspect import InspectError, manifest_problems, open_session
@@ -91,7 +92,7 @@ class OnnxClassifier:
         else:
             with np.errstate(over="ignore", invalid="ignore"):
                 cast = batch.astype(self.dtype)
-        if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+        if cast.dtype.kind == "f" and not all_finite(cast):
             raise BadInput("inputs must be finite (no NaN or Inf, and within float32 range)")
         return cast
 
