@@ -30,6 +30,8 @@
  *
  *   quantize_rows(batch, flush_below, round_offset, keep_mask) -> float32 (n, features)
  *       the repeat monitor's row keys, as service/serving/repeats.py `quantize`
+ *   bloom_observe_one(pair, filter_bytes, current, key, hashes) -> bool
+ *       the repeat monitor's one-key Bloom lookup and insert (repeats.py)
  *   all_finite(array), label_flips(probabilities, logits)
  *       the request path's checks on its arrays (service/arrays.py), or None where
  *       numpy decides (another dtype, a view with strides)
@@ -487,6 +489,47 @@ static PyObject *quantize_rows(PyObject *self, PyObject *const *args, Py_ssize_t
     return out;
 }
 
+/* bloom_observe_one(pair, filter_bytes, current, key, hashes) -> bool: the repeat
+   monitor's one-key step (service/serving/repeats.py, BloomSketch.found_one then
+   add_one): whether either filter of `pair` (a bytearray of two filters of
+   filter_bytes bytes each) has every bit of `key`, then the key's bits set in filter
+   `current`. Bit i of the key: g_i = (h1 + i * (h2 | 1)) mod m, m = 8 filter_bytes (a
+   power of two), h1 and h2 the key's low and high 32 bits. */
+static PyObject *bloom_observe_one(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5 || !PyByteArray_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bloom_observe_one takes (pair: bytearray, filter_bytes, current, key, hashes)");
+        return NULL;
+    }
+    const Py_ssize_t filter_bytes = PyLong_AsSsize_t(args[1]);
+    const long current = PyLong_AsLong(args[2]);
+    const unsigned long long key = PyLong_AsUnsignedLongLong(args[3]);
+    const long hashes = PyLong_AsLong(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    const uint64_t bits = (uint64_t)filter_bytes * 8;
+    if (filter_bytes < 1 || (bits & (bits - 1)) != 0 || bits > (UINT64_C(1) << 32) ||
+        PyByteArray_GET_SIZE(args[0]) != 2 * filter_bytes || (current != 0 && current != 1) ||
+        hashes < 1 || hashes > 64) {
+        PyErr_SetString(PyExc_ValueError, "bloom_observe_one: bad filter pair or arguments");
+        return NULL;
+    }
+    unsigned char *pair = (unsigned char *)PyByteArray_AS_STRING(args[0]);
+    const uint64_t mask = bits - 1, first = key & 0xFFFFFFFFu, step = (key >> 32) | 1u;
+    uint64_t spots[64];
+    for (long i = 0; i < hashes; i++) spots[i] = (first + (uint64_t)i * step) & mask;
+    int found = 0;
+    for (int f = 0; f < 2 && !found; f++) {
+        const unsigned char *filter = pair + f * filter_bytes;
+        int all = 1;
+        for (long i = 0; i < hashes && all; i++)
+            all = (filter[spots[i] >> 3] >> (spots[i] & 7)) & 1;
+        found = all;
+    }
+    unsigned char *target = pair + current * filter_bytes;
+    for (long i = 0; i < hashes; i++) target[spots[i] >> 3] |= (unsigned char)(1u << (spots[i] & 7));
+    return PyBool_FromLong(found);
+}
+
 /* ---- checks on the request's arrays (service/arrays.py) ---- */
 
 /* A C-contiguous float32 or float64 array's type, else 0: the caller lets numpy decide. */
@@ -560,6 +603,8 @@ static PyObject *label_flips(PyObject *self, PyObject *const *args, Py_ssize_t n
 static PyMethodDef methods[] = {
     {"defend_entropy", (PyCFunction)(void (*)(void))defend_entropy, METH_FASTCALL,
      "DynaNoise, M = 1, entropy sensitivity: (probabilities, risk, std)."},
+    {"bloom_observe_one", (PyCFunction)(void (*)(void))bloom_observe_one, METH_FASTCALL,
+     "The repeat monitor's one-key lookup then insert: whether the key was found."},
     {"all_finite", all_finite, METH_O,
      "np.isfinite(a).all() for a C-contiguous float32/float64 array, else None."},
     {"label_flips", (PyCFunction)(void (*)(void))label_flips, METH_FASTCALL,

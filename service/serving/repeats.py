@@ -148,6 +148,17 @@ class BloomSketch:
                 return True
         return False
 
+    def observe_one(self, pair: bytearray, current: int, key: int) -> bool:
+        """`found_one` then `add_one` for one key: whether either filter of ``pair`` had
+        it, after which filter ``current`` has it (one C call where the kernel is built,
+        bit for bit the same)."""
+        if _kernel is not None:
+            return bool(_kernel.bloom_observe_one(pair, self.bits // 8, current, key, self.hashes))
+        spots = self.spots(key)
+        found = self.found_one(pair, spots)
+        self.add_one(pair, current, spots)
+        return found
+
     def add_one(self, pair: bytearray, current: int, spots: list[int]) -> None:
         """Set one key's bits in filter ``current`` of ``pair`` (`empty_pair`'s bytes)."""
         offset = current * (self.bits // 8)
@@ -247,12 +258,11 @@ class RepeatedQueryMonitor:
         keys = self._hasher(batch)
         sketch = self.sketch
         if n == 1:  # the usual request: bit by bit, no numpy call per step
-            spots = sketch.spots(int(keys[0]))
+            key = int(keys[0])
             with self._lock:
                 window = self._window(tenant, create=True)
                 assert window is not None
-                count = int(sketch.found_one(window.memory, spots))
-                sketch.add_one(window.memory, window.current, spots)
+                count = int(sketch.observe_one(window.memory, window.current, key))
                 window.repeats += count
             return count
         positions = sketch.positions(keys)

@@ -360,3 +360,48 @@ def test_quantize_refuses_what_is_not_a_batch_of_numbers() -> None:
         quantize(np.float32(1.0))  # type: ignore[arg-type]
     with pytest.raises((TypeError, ValueError)):  # numpy's code: ValueError
         quantize(np.array([["a", "b"]]))
+
+
+@pytest.mark.skipif(repeats._kernel is None, reason="no C kernel (tests/defense/test_kernel.py)")
+@pytest.mark.parametrize("bits", [64, 2**10, 2**20])
+def test_the_compiled_one_key_step_sets_and_finds_the_bits_numpy_does(bits: int) -> None:
+    """`observe_one` in C against the Python bit loop and the numpy batch path: the
+    same answers and the same filter bytes, over repeated and fresh keys in both
+    filters of the pair."""
+    sketch = BloomSketch(bits)
+    rng = np.random.default_rng(bits)
+    keys = rng.integers(0, 2**64, size=300, dtype=np.uint64)
+    keys = np.concatenate([keys, keys[:100], rng.integers(0, 2**64, size=50, dtype=np.uint64)])
+    compiled, _ = sketch.empty_pair()
+    python, _ = sketch.empty_pair()
+    vectorized, filters = sketch.empty_pair()
+    with pytest.MonkeyPatch.context() as patch:
+        for i, key in enumerate(keys.tolist()):
+            current = (i // 120) % 2  # alternate filters, as windows rotate
+            found = sketch.observe_one(compiled, current, key)
+            patch.setattr(repeats, "_kernel", None)
+            assert sketch.observe_one(python, current, key) == found
+            patch.undo()
+            positions = sketch.positions(np.array([key], dtype=np.uint64))
+            assert bool(sketch.found(filters, positions)[0]) == found
+            sketch.add(filters[current], positions)
+            assert compiled == python == vectorized, i
+
+
+@pytest.mark.skipif(repeats._kernel is None, reason="no C kernel (tests/defense/test_kernel.py)")
+def test_the_compiled_one_key_step_checks_its_filters() -> None:
+    kernel = repeats._kernel
+    assert kernel is not None
+    pair = bytearray(16)
+    assert kernel.bloom_observe_one(pair, 8, 0, 12345, 11) is False
+    assert kernel.bloom_observe_one(pair, 8, 1, 12345, 11) is True  # found in filter 0
+    for args in [
+        (pair, 6, 0, 1, 11),
+        (pair, 16, 0, 1, 11),
+        (pair, 8, 2, 1, 11),
+        (pair, 8, 0, 1, 0),
+    ]:
+        with pytest.raises(ValueError):
+            kernel.bloom_observe_one(*args)
+    with pytest.raises(TypeError):
+        kernel.bloom_observe_one(bytes(16), 8, 0, 1, 11)
