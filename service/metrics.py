@@ -155,7 +155,7 @@ class ServiceMetrics:
     ) -> None:
         series = self.series(model, tenant)
         observe(series.request_duration(endpoint), seconds)
-        series.requests(code).inc()
+        count(series.requests(code), 1)
 
     def observe_prediction(
         self,
@@ -172,7 +172,7 @@ class ServiceMetrics:
         series = self.series(model, tenant)
         observe(series.inference_duration, inference_seconds)
         observe(series.defense_duration, defense_seconds)
-        self.observe_defense(model, tenant, sensitivity, noise_std, label_flips)
+        series.observe_defense(sensitivity, noise_std, label_flips)
 
     def observe_defense(
         self,
@@ -183,12 +183,7 @@ class ServiceMetrics:
         label_flips: int,
     ) -> None:
         """Record one batch: a sample per row in the histograms, then the counters."""
-        series = self.series(model, tenant)
-        observe_many(series.sensitivity, sensitivity)
-        observe_many(series.noise_std, noise_std)
-        series.samples.inc(len(sensitivity))
-        if label_flips:
-            series.label_flips.inc(label_flips)
+        self.series(model, tenant).observe_defense(sensitivity, noise_std, label_flips)
 
     def observe_shed(self, reason: str) -> None:
         """Count one request shed by admission control (``reason``: a known set)."""
@@ -199,7 +194,7 @@ class ServiceMetrics:
         batch on, at 0 while there are none)."""
         counter = self.series(model, tenant).repeated_queries
         if rows:
-            counter.inc(rows)
+            count(counter, rows)
 
 
 class _Series:
@@ -233,6 +228,16 @@ class _Series:
         self._endpoint_children: dict[str, Any] = {}
         self._code_children: dict[int, Any] = {}
 
+    def observe_defense(
+        self, sensitivity: NDArray[np.float64], noise_std: NDArray[np.float64], label_flips: int
+    ) -> None:
+        """`ServiceMetrics.observe_defense` for this series."""
+        observe_many(self.sensitivity, sensitivity)
+        observe_many(self.noise_std, noise_std)
+        count(self.samples, len(sensitivity))
+        if label_flips:
+            count(self.label_flips, label_flips)
+
     def request_duration(self, endpoint: str) -> Any:
         found = self._endpoint_children.get(endpoint)
         if found is None:
@@ -250,6 +255,13 @@ class _Series:
                 m.requests, self._model, self._tenant, str(code)
             )
         return found
+
+
+def count(counter: Counter, amount: float) -> None:
+    """``counter.inc(amount)`` for a labelled child, without its per-call checks (the
+    callers count rows and requests: never negative). Equivalence with ``inc`` is
+    tested."""
+    counter._value.inc(amount)
 
 
 def observe(histogram: Histogram, value: float) -> None:

@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service.metrics import LATENCY_BUCKETS, SENSITIVITY_BUCKETS, ServiceMetrics, observe
+from service.metrics import LATENCY_BUCKETS, SENSITIVITY_BUCKETS, ServiceMetrics, count, observe
 
 
 def _samples(histogram: Histogram) -> dict[tuple[str, str], float]:
@@ -70,3 +70,24 @@ def test_observe_prediction_records_each_instrument_once() -> None:
     assert value("dynanoise_noise_std_sum", labels) == pytest.approx(0.6)
     assert value("dynanoise_samples_total", labels) == 2
     assert value("dynanoise_label_flips_total", labels) == 1
+
+
+def test_count_adds_as_prometheus_inc_does() -> None:
+    ours = Counter("c", "c", ["l"], registry=CollectorRegistry())
+    theirs = Counter("c", "c", ["l"], registry=CollectorRegistry())
+    for amount in [1, 3, 0, 2.5, 1e9]:
+        count(ours.labels("x"), amount)
+        theirs.labels("x").inc(amount)
+    assert ours.labels("x")._value.get() == theirs.labels("x")._value.get() == 1e9 + 6.5
+
+
+def test_a_request_and_its_repeats_are_counted_once() -> None:
+    metrics = ServiceMetrics()
+    metrics.observe_request("toy", "acme", "v1", 200, 0.01)
+    metrics.observe_request("toy", "acme", "v1", 200, 0.02)
+    metrics.observe_repeats("toy", "acme", 0)
+    metrics.observe_repeats("toy", "acme", 3)
+    value = metrics.registry.get_sample_value
+    labels = {"model": "toy", "tenant": "acme"}
+    assert value("dynanoise_requests_total", {**labels, "code": "200"}) == 2
+    assert value("dynanoise_repeated_queries_total", labels) == 3
