@@ -182,8 +182,9 @@ def _notes(meta: dict[str, Any]) -> list[str]:
         "",
         "## How it was measured",
         "",
-        "- Defense: the service's own code path (noise draws + `apply_dynanoise`), timed in "
-        "process; variants of one cell alternate within each repeat."
+        "- Defense: the service's own code path (`defend_from`: fresh draws and the "
+        "defense in one compiled call; keyed: the seeds, the draws, then `apply_dynanoise`), "
+        "timed in process; variants of one cell alternate within each repeat."
         + _compiled_note(meta.get("compiled")),
         "- Load: `wrk` (one thread, closed loop, fixed connections), a Lua script POSTing the "
         "same body, on loopback; every server runs one worker process. Defense `off` is a "
