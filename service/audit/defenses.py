@@ -155,7 +155,8 @@ class DynaNoiseDefense:
         }
 
     def for_attacker(self, rng: np.random.Generator) -> DynaNoiseDefense:
-        if self.params.noise_mode is not NoiseMode.KEYED:
+        # Both keyed modes (input bytes or quantized logits) take a key of the attacker's.
+        if self.params.noise_mode is NoiseMode.FRESH:
             return self
         return replace(self, secret=rng.bytes(32))
 

@@ -168,14 +168,17 @@ def test_label_only_attack_equals_its_closed_form() -> None:
     assert results["label_only"].report["accuracy"] == pytest.approx(expected, abs=1e-12)
 
 
-def test_defense_aware_attacker_uses_its_own_key() -> None:
-    (keyed,) = build_defenses(["dynanoise_keyed"], secret=b"server", model_id="m@1")
+@pytest.mark.parametrize("name", ["dynanoise_keyed", "dynanoise_keyed_logits"])
+def test_defense_aware_attacker_uses_its_own_key(name: str) -> None:
+    (keyed,) = build_defenses([name], secret=b"server", model_id="m@1")
     mimic = keyed.for_attacker(np.random.default_rng(0))
-    logits = np.zeros((3, N_CLASSES), np.float32)
+    other = keyed.for_attacker(np.random.default_rng(1))
+    logits = np.random.default_rng(2).normal(size=(3, N_CLASSES)).astype(np.float32)
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     rng = np.random.default_rng(0)
     assert mimic.parameters() == keyed.parameters() and mimic.name == keyed.name
     assert not np.allclose(keyed(logits, x, rng), mimic(logits, x, rng))
+    assert not np.allclose(other(logits, x, rng), mimic(logits, x, rng))  # a key per shadow
     np.testing.assert_array_equal(mimic(logits, x, rng), mimic(logits, x, rng))
 
 
