@@ -104,8 +104,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         docs_url=None,  # /docs and /redoc with local assets: install_docs
         redoc_url=None,
         redirect_slashes=False,  # a redirect would be built from the request's own Host
-        # FastAPI's own OpenTelemetry hooks look for providers on every request
-        # on every request; the service exports Prometheus metrics instead.
+        # FastAPI's own OpenTelemetry hooks look for providers on every request;
+        # the service exports Prometheus metrics instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.max_body_bytes = settings.max_body_bytes

@@ -31,7 +31,14 @@ from .defense import (
 from .errors import BadInput, DefenseFailure, OutputModeUnavailable
 from .metrics import ServiceMetrics
 from .runtime import OnnxClassifier
-from .runtime.batching import MIN_FIXED_COST_S, AdaptiveBatcher, LoopGatherer
+from .runtime.batching import (
+    MIN_FIXED_COST_S,
+    REQUEST_BACKLOG,
+    AdaptiveBatcher,
+    LoopCoalescer,
+    LoopGatherer,
+    RequestBacklog,
+)
 
 # Seeders hold a tenant secret's HMAC state: keep at most this many per process.
 _MAX_SEEDERS = 1024
@@ -125,6 +132,9 @@ def _forget_gatherer(gatherers: dict[tuple[str, int], LoopGatherer], key: tuple[
         gatherer.close()
 
 
+_Coalescers = dict[tuple[str, int], LoopCoalescer]
+
+
 class _ModelRunner:
     """A model's ``logits`` that does not keep the model alive, so a model unloaded from
     the registry is freed, and its batcher with it (see ``Predictor.batcher``). A call
@@ -158,6 +168,7 @@ class Predictor:
         batching_max_delay_ms: float = 0.0,
         batching_max_batch: int = 256,
         batching_min_fixed_cost_s: float = MIN_FIXED_COST_S,
+        backlog: RequestBacklog = REQUEST_BACKLOG,
     ) -> None:
         self._metrics = metrics
         # One generator per process: reseeding per call costs more than the defense. Its draws are
@@ -174,6 +185,10 @@ class Predictor:
         self._gatherers: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[tuple[str, int], LoopGatherer]
         ] = weakref.WeakKeyDictionary()
+        self._coalescers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Coalescers] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._backlog = backlog
         self._lock = threading.Lock()
 
     def predict(
@@ -242,6 +257,45 @@ class Predictor:
         """The model's logits for ``need``, awaited on the event loop: merged with other
         requests of this loop into calls on the model's own threads (`LoopGatherer`)."""
         return await self.gatherer(need.model).run(need.batch)
+
+    def may_coalesce(self) -> bool:
+        """Whether a request reaching its model now might share the call (batching on,
+        and other requests held for this turn of the loop: `RequestBacklog`). Cheap: the
+        data plane asks it of every request to choose its path."""
+        return self._batching_delay_s > 0 and self._backlog.busy
+
+    async def logits_maybe_coalesced(self, need: LogitsOf) -> NDArray[Any]:
+        """`logits_coalesced` when `coalesces`, else the model at once (`logits`)."""
+        if self.coalesces(need.model, need.batch.shape[0]):
+            return await self.coalescer(need.model).run(need.batch)
+        return self.logits(need)
+
+    def coalesces(self, model: OnnxClassifier, rows: int) -> bool:
+        """Whether a request of ``rows`` rows for ``model``, on the running loop, should
+        await `logits_coalesced` rather than run the model at once: batching is on, the
+        model is not gathered on threads, and other requests of this turn of the loop
+        can share its call."""
+        batcher = self._batchers.get(_model_key(model))
+        if batcher is None or batcher.gathering:
+            return False
+        return self.coalescer(model).joins(rows)
+
+    def coalescer(self, model: OnnxClassifier) -> LoopCoalescer:
+        """The running loop's coalescer for ``model`` (created on first use)."""
+        batcher = self.batcher(model)
+        assert batcher is not None, "coalescing needs batching on"
+        loop = asyncio.get_running_loop()
+        coalescers = self._coalescers.get(loop)
+        if coalescers is None:
+            coalescers = self._coalescers[loop] = {}
+        key = _model_key(model)
+        coalescer = coalescers.get(key)
+        if coalescer is None:
+            coalescer = coalescers[key] = LoopCoalescer(
+                batcher, max_batch=self._batching_max_batch, backlog=self._backlog
+            )
+            weakref.finalize(model, coalescers.pop, key, None)
+        return coalescer
 
     def gathers(self, model: OnnxClassifier) -> bool:
         """Whether ``model``'s measured cost makes its calls worth gathering now: its

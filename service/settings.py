@@ -159,8 +159,9 @@ class Settings(BaseSettings):
         ge=0,
         description="Adaptive micro-batching: wait up to this long to gather concurrent "
         "requests into one ONNX call (0 = off). Only a model whose measured fixed cost "
-        "per call pays for the hand-off is gathered; others (the shipped MLP) run each "
-        "request at once, on the inline path.",
+        "per call pays for the hand-off is gathered; others (the shipped MLP) run on the "
+        "inline path, each request at once, or with the requests of the same turn of the "
+        "event loop as one call (no wait, no thread) when several arrive together.",
     )
     batching_max_batch: int = Field(default=256, ge=1)
     inline_max_body_bytes: int = Field(

@@ -6,7 +6,11 @@ times both itself: ``dynanoise_defense_duration_seconds`` (noise + softmax, per
 request) and ``dynanoise_request_duration_seconds`` (request received to response
 ready). Their sums, differenced over a load run and divided, give the share directly.
 The denominator leaves out uvicorn's HTTP work, so the share of the whole request as a
-client sees it is smaller still.
+client sees it is smaller still. But requests that share a model call
+(`LoopCoalescer`) overlap in time: each one's duration then also holds the work of the
+others in its turn, and the sum of durations exceeds the time spent. So the share is
+also given against the server's CPU time per request (``share_of_cpu``), which
+overlapping cannot inflate; the target is checked against the larger of the two.
 """
 
 from __future__ import annotations
@@ -60,16 +64,19 @@ def scrape_sums(metrics_url: str, token: str | None = None) -> Sums:
     return parse_sums(response.text)
 
 
-def defense_share(delta: Sums, tenant: str) -> dict[str, float] | None:
+def defense_share(
+    delta: Sums, tenant: str, cpu_us_per_request: float | None = None
+) -> dict[str, float] | None:
     """The tenant's defense seconds over its request seconds in ``delta`` (a load run's
     difference of two scrapes), with both sums and the request count; None when the
-    tenant served nothing in it."""
+    tenant served nothing in it. With ``cpu_us_per_request`` (the server's CPU time
+    over the run per request, all tenants), also the defense's share of that."""
     requests = delta.counts.get((REQUEST, tenant), 0.0)
     request_s = delta.seconds.get((REQUEST, tenant), 0.0)
     if requests <= 0 or request_s <= 0:
         return None
     defense_s = delta.seconds.get((DEFENSE, tenant), 0.0)
-    return {
+    share = {
         "share": defense_s / request_s,
         "defense_s": defense_s,
         "request_s": request_s,
@@ -77,3 +84,12 @@ def defense_share(delta: Sums, tenant: str) -> dict[str, float] | None:
         "defense_us_per_request": 1e6 * defense_s / requests,
         "request_us_per_request": 1e6 * request_s / requests,
     }
+    if cpu_us_per_request:
+        share["cpu_us_per_request"] = cpu_us_per_request
+        share["share_of_cpu"] = share["defense_us_per_request"] / cpu_us_per_request
+    return share
+
+
+def total_requests(delta: Sums) -> float:
+    """Requests of every tenant in ``delta`` (the request histogram's counts)."""
+    return sum(count for (name, _), count in delta.counts.items() if name == REQUEST)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY = "/v2/health/ready"
@@ -109,6 +110,11 @@ class ServerProcess:
     def rss_mb(self) -> float:
         """Resident memory of the server's process tree, in MiB."""
         return tree_rss_bytes(self.process.pid) / 2**20
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server's process tree so far (processes
+        that have exited no longer count)."""
+        return tree_cpu_seconds(self.process.pid)
 
 
 def start_process(
@@ -245,6 +251,23 @@ def tree_rss_bytes(pid: int) -> int:
         current = stack.pop()
         total += process_rss_bytes(current)
         stack.extend(children.get(current, []))
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
     return total
 
 

@@ -29,7 +29,7 @@ from .cnn import CNN_FEATURES, CNN_NAME, write_cnn_model
 from .comparison import FLOOR, NOT_BUILT, SERVICE, compare, installed_version, python_for
 from .config import BenchConfig
 from .defense import PAPER_MS_PER_SAMPLE, bench_defense
-from .histograms import Sums, defense_share, scrape_sums
+from .histograms import Sums, defense_share, scrape_sums, total_requests
 from .launcher import ServerProcess
 from .load import LoadResult, run_wrk
 from .memory import serving_install_size
@@ -75,8 +75,12 @@ def run_bench(config: BenchConfig, log: Log = print) -> dict[str, Any]:
                 if "service" in config.sections:
                     log("service throughput and latency")
                     before = _histogram_sums(server)
+                    cpu_before = server.cpu_seconds()
                     results["service"] = _service(config, server, model, features, log)
-                    results["defense_share"] = _defense_shares(server, before, config.tenants)
+                    cpu_s = server.cpu_seconds() - cpu_before
+                    results["defense_share"] = _defense_shares(
+                        server, before, config.tenants, cpu_s
+                    )
                 if "binary" in config.sections:
                     log("v2 binary tensors vs JSON")
                     results["binary"] = _binary(config, server, log)
@@ -246,12 +250,15 @@ def _histogram_sums(server: ServerProcess) -> Sums:
 
 
 def _defense_shares(
-    server: ServerProcess, before: Sums, tenants: tuple[str, ...]
+    server: ServerProcess, before: Sums, tenants: tuple[str, ...], cpu_s: float
 ) -> dict[str, Any]:
     """Each tenant's defense seconds over its request seconds, from the server's own
-    histograms over the whole service section (see histograms.py)."""
+    histograms over the whole service section, and over the server's CPU seconds per
+    request in it (``cpu_s``: its process tree's; see histograms.py)."""
     delta = _histogram_sums(server).minus(before)
-    return {tenant: defense_share(delta, tenant) for tenant in tenants}
+    requests = total_requests(delta)
+    cpu_us = 1e6 * cpu_s / requests if requests > 0 and cpu_s > 0 else None
+    return {tenant: defense_share(delta, tenant, cpu_us) for tenant in tenants}
 
 
 def _binary(config: BenchConfig, server: ServerProcess, log: Log) -> list[dict[str, Any]]:

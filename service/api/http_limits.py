@@ -27,6 +27,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from ..runtime.batching import REQUEST_BACKLOG, RequestBacklog
+
 __all__ = [
     "ARRIVAL_EXTENSION",
     "BoundedHttpToolsProtocol",
@@ -170,6 +172,17 @@ class _HeadHoldingTransport(asyncio.Transport):
         return self._transport.get_write_buffer_limits()
 
 
+def _counting_starts(app: Any, backlog: RequestBacklog) -> Any:
+    """``app``, counting in ``backlog`` each request task that starts running it: with
+    the tasks counted as created, what the loop holds for its turn (`RequestBacklog`)."""
+
+    async def counted(scope: Any, receive: Any, send: Any) -> None:
+        backlog.started += 1
+        await app(scope, receive, send)
+
+    return counted
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that is refused."""
 
@@ -208,6 +221,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # url and complete headers of the open head, exactly
         self._head_received = 0  # bytes of chunks that arrived inside the open head
         self._refused: tuple[int, bytes] | None = None
+        self._counted_app = _counting_starts(self.app, REQUEST_BACKLOG)
 
     # Connection
 
@@ -296,6 +310,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not previous:  # not an upgrade: a response will follow
             self._writer.expect_response(self.cycle)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # Counted created here and started when it first runs: the loop's backlog, which
+        # lets requests of one turn share a model call (service/runtime/batching.py).
+        REQUEST_BACKLOG.created += 1
+        counted = self._counted_app if app is self.app else _counting_starts(app, REQUEST_BACKLOG)
+        super()._start_asgi_task(cycle, counted)
 
     def on_message_complete(self) -> None:
         self._body_open = False

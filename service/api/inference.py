@@ -137,7 +137,8 @@ async def respond(
     Refused on its head when it may (no body read for a missing key,
     `DataPlane.screen`), else run inline on the event loop when nothing in it can
     block (`DataPlane.cached_tenant`; a model that gathers requests is awaited there,
-    `DataPlane.infer_gathered`), else in the thread pool. Both routes call this:
+    `DataPlane.infer_gathered`, and one that other requests of the loop's turn can
+    share a call with too, `DataPlane.infer_coalescing`), else in the thread pool. Both routes call this:
     FastAPI's (`serve`) and the lean ASGI one (`service.api.fastpath`)."""
     try:
         head = InferenceCall(
@@ -172,6 +173,8 @@ async def respond(
         if tenant is not None:
             if plane.gathers(call):
                 return await plane.infer_gathered(call, tenant)
+            if plane.coalescing():
+                return await plane.infer_coalescing(call, tenant)
             return plane.infer(call, tenant)
         return await run_in_threadpool(plane.infer, call)
     except Exception as exc:

@@ -15,6 +15,10 @@ thread for this: they await ``LoopGatherer.run``, which queues their batches and
 runs them merged, by the same rules, on threads of the model's own, so the loop
 decodes, validates and defends other requests while the model computes.
 
+Models too cheap for that hand-off still merge the requests that reach them in the
+same turn of the event loop (``LoopCoalescer``): under load, a turn runs every request
+whose bytes arrived since the last, and their calls become one, made on the loop itself.
+
 If a merged run fails, each request is re-run alone, so one bad request gets its
 own error and never poisons the others.
 
@@ -25,7 +29,7 @@ running fit t(n) = fixed + per_row * n (``CallCost``); it gathers only while the
 fitted fixed cost is at least ``min_fixed_cost_s``, and otherwise runs each request
 at once, alone, with no coordination (a timed call and a few float updates). A
 model of 10-40 us a call (the shipped MLP) is never gathered; a small CNN whose
-call costs a millisecond, mostly per call, is.
+call costs a millisecond, mostly per call, is; the MLP's calls are coalesced instead.
 """
 
 from __future__ import annotations
@@ -398,3 +402,105 @@ class LoopGatherer:
                 future.set_result(outcome)
         if self._queue:
             self._dispatch(loop)
+
+
+class RequestBacklog:
+    """The requests of this process that the event loop holds for its current turn:
+    those whose task is created but not yet started, and those waiting in a
+    `LoopCoalescer`'s group for their model's call.
+
+    The HTTP protocol counts ``created`` when it creates a request's task and
+    ``started`` when that task first runs (`service.api.http_limits`); coalescers count
+    ``grouped``. A request that reaches its model while others wait can merge its call
+    with theirs. Plain integers: one event loop per process updates them.
+    """
+
+    __slots__ = ("created", "grouped", "started")
+
+    def __init__(self) -> None:
+        self.created = 0
+        self.started = 0
+        self.grouped = 0
+
+    @property
+    def waiting(self) -> int:
+        """Requests created and not yet started."""
+        return self.created - self.started
+
+    @property
+    def busy(self) -> bool:
+        """Whether another request may share a model call made now."""
+        return self.created != self.started or self.grouped > 0
+
+
+REQUEST_BACKLOG = RequestBacklog()
+"""This process's backlog: its one event loop serves every connection."""
+
+
+class LoopCoalescer:
+    """Merges into one call the batches of requests that reach a cheap model in the same
+    turn of the event loop, and runs it on the loop: no thread, no wait for a timer.
+
+    A model too cheap to gather on threads (`AdaptiveBatcher.gathering` is False) still
+    has a fixed cost per call that memory makes large in a loaded server: its weights
+    leave the caches while the loop serves other requests between two calls (the
+    shipped MLP: about 15 us a call run back to back, 60-90 us in a loaded process;
+    bench/micro-timings.md). When requests are waiting to start (`RequestBacklog`), the
+    first to reach the model opens a group and schedules its run for the loop's next
+    turn; the waiting requests run up to their model step and join; the group then runs
+    as one call (`AdaptiveBatcher.run_group`: a failed merge re-runs each batch alone).
+    A request that finds no group open and nobody waiting runs alone, at once, with no
+    await at all (`joins`). Use from one event loop only (see `Predictor`).
+    """
+
+    def __init__(
+        self, batcher: AdaptiveBatcher, *, max_batch: int, backlog: RequestBacklog
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._batcher = batcher
+        self._max_batch = max_batch
+        self._backlog = backlog
+        self._group: list[tuple[NDArray[Any], asyncio.Future[NDArray[Any]]]] | None = None
+        self._rows = 0
+
+    def joins(self, rows: int) -> bool:
+        """Whether a batch of ``rows`` rows should await `run` (a group is open, or
+        requests wait to start that may join one) rather than run alone at once."""
+        if rows >= self._max_batch:
+            return False
+        if self._group is not None:
+            return True
+        return self._backlog.waiting > 0
+
+    async def run(self, batch: NDArray[Any]) -> NDArray[Any]:
+        """The runner's output for ``batch``, computed with the other batches of its group."""
+        loop = asyncio.get_running_loop()
+        if self._group is not None and self._rows + batch.shape[0] > self._max_batch:
+            self._run_group()  # full: it runs now, and this batch opens the next
+        if self._group is None:
+            self._group = []
+            self._rows = 0
+            loop.call_soon(self._run_group)
+        future: asyncio.Future[NDArray[Any]] = loop.create_future()
+        self._group.append((batch, future))
+        self._rows += batch.shape[0]
+        self._backlog.grouped += 1
+        return await future
+
+    def _run_group(self) -> None:
+        group, self._group = self._group, None
+        if not group:
+            return  # already run (it filled up), or a later group's turn has not come
+        self._backlog.grouped -= len(group)
+
+        def deliver(i: int, outcome: Outcome) -> None:
+            future = group[i][1]
+            if future.done():  # its request was cancelled (a lost client)
+                return
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        self._batcher.run_group([batch for batch, _ in group], deliver)

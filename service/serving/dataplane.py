@@ -112,6 +112,17 @@ class DataPlane:
         predictor = self.services.predictor
         return await run_steps_async(self._pipeline(call, tenant), predictor.logits_gathered)
 
+    async def infer_coalescing(self, call: InferenceCall, tenant: Tenant) -> Encoded:
+        """`infer` on the event loop while other requests are held for this turn of the
+        loop (`coalescing`): the model's call is shared with theirs when it is cheap
+        enough to run on the loop (`Predictor.coalesces`), else made at once."""
+        predictor = self.services.predictor
+        return await run_steps_async(self._pipeline(call, tenant), predictor.logits_maybe_coalesced)
+
+    def coalescing(self) -> bool:
+        """Whether requests answered inline should take `infer_coalescing` now."""
+        return self.services.predictor.may_coalesce()
+
     def gathers(self, call: InferenceCall) -> bool:
         """Whether ``call``'s model gathers concurrent requests into merged calls now."""
         registry = self.services.registry

@@ -111,8 +111,13 @@ def test_a_one_second_load_measures_the_service_on_and_off_and_its_memory(
     for tenant, share in results["defense_share"].items():
         assert served[tenant] <= share["requests"] <= served[tenant] + 4 * 2
         assert 0 < share["share"] < 1
+        # The server's CPU per request over the run: positive, and the defense a part.
+        assert share["cpu_us_per_request"] > share["defense_us_per_request"] > 0
+        assert 0 < share["share_of_cpu"] < 1
     summary = results["summary"]
     assert summary["defense_share_of_request_time"] == results["defense_share"]["on"]["share"]
+    on = results["defense_share"]["on"]
+    assert summary["defense_share_of_server_cpu"] == on["share_of_cpu"]
     readme = (tmp_path / "bench" / "README.md").read_text()
     assert "## (b) Service throughput" in readme and "Defense share of request time" in readme
 

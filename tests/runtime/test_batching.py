@@ -195,7 +195,14 @@ def test_predictor_reports_non_finite_logits_for_the_guilty_request_only(tmp_pat
 
 
 @pytest.mark.slow
-def test_the_served_app_batches_when_the_setting_is_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "tenant_cache_seconds",
+    ["0", "60"],
+    ids=["thread-pool", "inline-coalesced"],  # 60: requests run on the loop and coalesce
+)
+def test_the_served_app_batches_when_the_setting_is_on(
+    tmp_path: Path, tenant_cache_seconds: str
+) -> None:
     model_dir = write_linear_model(tmp_path / "models", name="lin", n_features=4, n_classes=3)
     rng = np.random.default_rng(1)
     rows = rng.normal(size=(64, 4)).astype(np.float32)
@@ -203,7 +210,11 @@ def test_the_served_app_batches_when_the_setting_is_on(tmp_path: Path) -> None:
     with live_server(
         models_dir=tmp_path / "models",
         database_url=f"sqlite:///{tmp_path / 't.db'}",
-        extra_env={"DYNANOISE_BATCHING_MAX_DELAY_MS": "5", "DYNANOISE_ALLOW_CLEAN_OUTPUTS": "true"},
+        extra_env={
+            "DYNANOISE_BATCHING_MAX_DELAY_MS": "5",
+            "DYNANOISE_ALLOW_CLEAN_OUTPUTS": "true",
+            "DYNANOISE_TENANT_CACHE_SECONDS": tenant_cache_seconds,
+        },
     ) as url:
         keys = {}
         for name, params in (
