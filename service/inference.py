@@ -265,16 +265,18 @@ class Predictor:
         return self._batching_delay_s > 0 and self._backlog.busy
 
     async def logits_maybe_coalesced(self, need: LogitsOf) -> NDArray[Any]:
-        """`logits_coalesced` when `coalesces`, else the model at once (`logits`)."""
+        """The model's logits for ``need``, awaited on the event loop: from a call shared
+        with the other requests of this turn of the loop when `coalesces` (`LoopCoalescer`),
+        else from the model at once (`logits`)."""
         if self.coalesces(need.model, need.batch.shape[0]):
             return await self.coalescer(need.model).run(need.batch)
         return self.logits(need)
 
     def coalesces(self, model: OnnxClassifier, rows: int) -> bool:
         """Whether a request of ``rows`` rows for ``model``, on the running loop, should
-        await `logits_coalesced` rather than run the model at once: batching is on, the
-        model is not gathered on threads, and other requests of this turn of the loop
-        can share its call."""
+        await a call shared with others rather than run the model at once: batching is
+        on, the model is not gathered on threads, and other requests of this turn of the
+        loop can share its call (`LoopCoalescer.joins`)."""
         batcher = self._batchers.get(_model_key(model))
         if batcher is None or batcher.gathering:
             return False

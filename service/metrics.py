@@ -66,7 +66,8 @@ class ServiceMetrics:
         )
         self.inference_duration = Histogram(
             "dynanoise_inference_duration_seconds",
-            "Time spent in the ONNX model per request.",
+            "Time a request waits for its model's logits: the ONNX call, and when "
+            "requests share one (micro-batching, coalescing) the wait for that call.",
             ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,

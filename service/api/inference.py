@@ -137,9 +137,10 @@ async def respond(
     Refused on its head when it may (no body read for a missing key,
     `DataPlane.screen`), else run inline on the event loop when nothing in it can
     block (`DataPlane.cached_tenant`; a model that gathers requests is awaited there,
-    `DataPlane.infer_gathered`, and one that other requests of the loop's turn can
-    share a call with too, `DataPlane.infer_coalescing`), else in the thread pool. Both routes call this:
-    FastAPI's (`serve`) and the lean ASGI one (`service.api.fastpath`)."""
+    `DataPlane.infer_gathered`, and so is a model call that other requests of the
+    loop's turn may share, `DataPlane.infer_coalescing`), else in the thread pool.
+    Both routes call this: FastAPI's (`serve`) and the lean ASGI one
+    (`service.api.fastpath`)."""
     try:
         head = InferenceCall(
             route.codec,
