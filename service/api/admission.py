@@ -25,6 +25,7 @@ from typing import Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..runtime.batching import REQUEST_BACKLOG, RequestBacklog
 from .http_limits import ARRIVAL_EXTENSION
 from .inference import match
 from .middleware import SECURITY_HEADERS
@@ -81,11 +82,17 @@ class AdmissionController:
     """Slots for ``max_in_flight`` requests and a FIFO queue of waiters for them.
 
     A finished request hands its slot straight to the oldest waiter, so a newcomer
-    never overtakes the queue. Use from one event loop only.
+    never overtakes the queue. A waiter handed a slot runs on the loop's next turn: it
+    is counted in ``backlog`` until it does, like a request whose task is about to
+    start, so that it may share a model call with the others of that turn
+    (`service.runtime.batching.RequestBacklog`). Use from one event loop only.
     """
 
     def __init__(
-        self, limits: AdmissionLimits, on_depth: Callable[[int], None] | None = None
+        self,
+        limits: AdmissionLimits,
+        on_depth: Callable[[int], None] | None = None,
+        backlog: RequestBacklog = REQUEST_BACKLOG,
     ) -> None:
         if not limits.enabled:
             raise ValueError("AdmissionController needs max_in_flight > 0")
@@ -93,6 +100,7 @@ class AdmissionController:
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[bool]] = deque()
         self._on_depth = on_depth
+        self._backlog = backlog
 
     @property
     def queue_depth(self) -> int:
@@ -120,10 +128,13 @@ class AdmissionController:
             timer = loop.call_later(delay - waited, self._expire, waiter)
         try:
             admitted = await waiter
+            if admitted:
+                self._backlog.started += 1  # counted created when handed the slot
         except asyncio.CancelledError:
             # The request's task was cancelled (shutdown, a lost client): give back a
             # slot that was handed over in the meantime, or leave the queue.
             if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._backlog.started += 1
                 self.release()
             else:
                 self._leave(waiter)
@@ -140,6 +151,7 @@ class AdmissionController:
             if not waiter.done():
                 self._depth_changed()
                 waiter.set_result(True)  # the slot passes on: in_flight is unchanged
+                self._backlog.created += 1  # it runs on the loop's next turn
                 return
         self.in_flight -= 1
 

@@ -33,6 +33,7 @@ from service.api.middleware import SECURITY_HEADERS
 from service.api.status import ERROR_CODE_HEADER
 from service.app import create_app
 from service.metrics import ServiceMetrics
+from service.runtime.batching import RequestBacklog
 from service.settings import Settings
 
 from ..conftest import ADMIN_TOKEN, ROW_TOY
@@ -418,6 +419,31 @@ def test_a_cancelled_waiter_leaves_the_queue_and_a_cancelled_request_frees_its_s
         driver.app.finish(V1_PREDICT + "?late")
         await late
         assert answer.status == 200
+
+    _run(scenario)
+
+
+def test_a_waiter_handed_a_slot_counts_in_the_backlog_until_it_runs() -> None:
+    # Woken waiters run on the loop's next turn, together: the backlog lets them share a
+    # model call (service/runtime/batching.py), and it must balance whatever happens.
+    async def scenario() -> None:
+        backlog = RequestBacklog()
+        controller = AdmissionController(AdmissionLimits(max_in_flight=1), backlog=backlog)
+        assert await controller.acquire() is None  # the holder: admitted at once
+        waiters = [asyncio.ensure_future(controller.acquire()) for _ in range(3)]
+        await _settle()
+        assert backlog.waiting == 0 and controller.queue_depth == 3
+        controller.release()  # the holder is done: its slot passes to the first waiter
+        assert backlog.waiting == 1 and not waiters[0].done()
+        await _settle()
+        assert waiters[0].result() is None and backlog.waiting == 0
+        controller.release()  # handed to the second, which is cancelled before it runs
+        waiters[1].cancel()
+        await _settle()
+        assert backlog.waiting == 0
+        assert waiters[2].result() is None  # the cancelled one passed its slot on
+        controller.release()
+        assert controller.in_flight == 0 and backlog.waiting == 0
 
     _run(scenario)
 
