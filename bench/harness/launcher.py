@@ -254,19 +254,23 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live descendants."""
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its live descendants ([] when it is gone)."""
     try:
         root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0
+        return []
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
     total = 0.0
-    for process in processes:
+    for process in process_tree(pid):
         try:
             times = process.cpu_times()
         except psutil.Error:
-            continue
+            continue  # it ended meanwhile
         total += times.user + times.system
     return total
 

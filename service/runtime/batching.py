@@ -300,6 +300,17 @@ class AdaptiveBatcher:
             self.gathering = fixed >= self._min_fixed_cost_s
 
 
+def _settle(future: asyncio.Future[NDArray[Any]], outcome: Outcome) -> None:
+    """Hand a waiting request its rows, or its error; not one that was cancelled (its
+    client went away)."""
+    if future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
 class LoopGatherer:
     """Gathers the batches of requests answered on an event loop into merged calls of
     an `AdaptiveBatcher`, run on threads of their own (at most ``max_running`` calls at
@@ -394,12 +405,7 @@ class LoopGatherer:
             error = exc if isinstance(exc, Exception) else RuntimeError("model call cancelled")
             outcomes = [error] * len(taken)
         for (_, future), outcome in zip(taken, outcomes, strict=True):
-            if future.done():  # its request was cancelled (a lost client)
-                continue
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+            _settle(future, outcome)
         if self._queue:
             self._dispatch(loop)
 
@@ -493,14 +499,6 @@ class LoopCoalescer:
         if not group:
             return  # already run (it filled up), or a later group's turn has not come
         self._backlog.grouped -= len(group)
-
-        def deliver(i: int, outcome: Outcome) -> None:
-            future = group[i][1]
-            if future.done():  # its request was cancelled (a lost client)
-                return
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-
-        self._batcher.run_group([batch for batch, _ in group], deliver)
+        self._batcher.run_group(
+            [batch for batch, _ in group], lambda i, outcome: _settle(group[i][1], outcome)
+        )

@@ -34,6 +34,8 @@ import httpx
 import numpy as np
 import psutil
 
+from bench.harness.launcher import process_tree
+
 from ..onnx_factory import write_linear_model
 from ..reliability.server import start_server
 
@@ -167,17 +169,12 @@ def _run_client_process(
 
 
 def _server_rss_mb(pid: int) -> float:
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
     total = 0
-    for process in processes:
+    for process in process_tree(pid):
         try:
             total += process.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
+        except psutil.Error:
+            continue  # it ended meanwhile
     return total / 2**20
 
 

@@ -18,8 +18,9 @@ from service.metrics import ServiceMetrics
 from service.runtime import OnnxClassifier
 from service.runtime.batching import AdaptiveBatcher, LoopCoalescer, RequestBacklog
 
-from ..onnx_factory import linear_logits, write_linear_model
+from ..onnx_factory import write_linear_model
 from .test_batching import SlowDouble
+from .test_loop_gatherer import assert_answered_as_alone
 
 
 def _coalescer(
@@ -125,16 +126,10 @@ def test_invalid_limits_are_refused() -> None:
         LoopCoalescer(batcher, max_batch=0, backlog=RequestBacklog())
 
 
-@pytest.fixture
-def linear_model(tmp_path: Path) -> tuple[OnnxClassifier, Path]:
-    model_dir = write_linear_model(tmp_path, name="lin", n_features=8, n_classes=5, seed=3)
-    return OnnxClassifier.load(model_dir), model_dir
-
-
 def test_coalesced_predictions_equal_the_ones_made_alone(
     linear_model: tuple[OnnxClassifier, Path],
 ) -> None:
-    model, model_dir = linear_model
+    model, _ = linear_model
     secret = b"k" * 32
     rng = np.random.default_rng(0)
     inputs = [rng.normal(size=(1 + i % 3, 8)).astype(np.float32) for i in range(40)]
@@ -142,12 +137,10 @@ def test_coalesced_predictions_equal_the_ones_made_alone(
         "a", DefenseParams(noise_mode=NoiseMode.KEYED, base_variance=0.3), secret
     )
     clean = DefenseContext("b", DefenseParams(base_variance=0.0, temperature=1.0), secret)
-    plain = Predictor(ServiceMetrics())
     backlog = RequestBacklog()
     coalescing = Predictor(
         ServiceMetrics(), batching_max_delay_ms=2.0, batching_max_batch=256, backlog=backlog
     )
-    plain.predict(model, clean, inputs[0])
     coalescing.predict(model, clean, inputs[0])  # its batcher measures the model: cheap
 
     async def scenario() -> list[np.ndarray]:
@@ -166,14 +159,7 @@ def test_coalesced_predictions_equal_the_ones_made_alone(
     assert batcher is not None and not batcher.gathering
     assert batcher.runs == 2 and batcher.merged_runs == 1  # the warm call, then one for all
     assert not coalescing.may_coalesce()  # the turn is over
-    for i, probabilities in enumerate(results):
-        if i % 2:  # keyed noise: the same answer however the rows were batched
-            np.testing.assert_array_equal(probabilities, plain.predict(model, keyed, inputs[i]))
-        else:  # no noise, T = 1: the clean softmax of exactly this request's rows
-            logits = linear_logits(model_dir, inputs[i])
-            expected = np.exp(logits - logits.max(axis=1, keepdims=True))
-            expected /= expected.sum(axis=1, keepdims=True)
-            np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-7)
+    assert_answered_as_alone(results, inputs, linear_model, keyed)
 
 
 def test_a_coalesced_request_gets_its_own_model_error(tmp_path: Path) -> None:

@@ -168,16 +168,10 @@ def test_invalid_limits_are_refused() -> None:
             LoopGatherer(batcher, **{"max_delay_s": 0.0, "max_batch": 1, **limits})  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def linear_model(tmp_path: Path) -> tuple[OnnxClassifier, Path]:
-    model_dir = write_linear_model(tmp_path, name="lin", n_features=8, n_classes=5, seed=3)
-    return OnnxClassifier.load(model_dir), model_dir
-
-
 def test_gathered_predictions_equal_blocking_ones(
     linear_model: tuple[OnnxClassifier, Path],
 ) -> None:
-    model, model_dir = linear_model
+    model, _ = linear_model
     secret = b"k" * 32
     rng = np.random.default_rng(0)
     inputs = [rng.normal(size=(1 + i % 3, 8)).astype(np.float32) for i in range(60)]
@@ -185,7 +179,6 @@ def test_gathered_predictions_equal_blocking_ones(
         "a", DefenseParams(noise_mode=NoiseMode.KEYED, base_variance=0.3), secret
     )
     clean = DefenseContext("b", DefenseParams(base_variance=0.0, temperature=1.0), secret)
-    plain = Predictor(ServiceMetrics())
     gathered = Predictor(ServiceMetrics(), batching_max_delay_ms=20.0, batching_max_batch=32)
 
     async def scenario() -> list[np.ndarray]:
@@ -199,10 +192,23 @@ def test_gathered_predictions_equal_blocking_ones(
     results = asyncio.run(scenario())
     batcher = gathered.batcher(model)
     assert batcher is not None and batcher.runs < len(inputs)  # some calls were merged
+    assert_answered_as_alone(results, inputs, linear_model, keyed)
+
+
+def assert_answered_as_alone(
+    results: list[np.ndarray],
+    inputs: list[np.ndarray],
+    linear_model: tuple[OnnxClassifier, Path],
+    keyed: DefenseContext,
+) -> None:
+    """Odd requests (``keyed``): the answer a predictor gives them alone, bit for bit;
+    even ones (no noise, T = 1): the clean softmax of exactly their own rows."""
+    model, model_dir = linear_model
+    alone = Predictor(ServiceMetrics())
     for i, probabilities in enumerate(results):
         if i % 2:  # keyed noise: the same answer however the rows were batched
-            np.testing.assert_array_equal(probabilities, plain.predict(model, keyed, inputs[i]))
-        else:  # no noise, T = 1: the clean softmax of exactly this request's rows
+            np.testing.assert_array_equal(probabilities, alone.predict(model, keyed, inputs[i]))
+        else:
             logits = linear_logits(model_dir, inputs[i])
             expected = np.exp(logits - logits.max(axis=1, keepdims=True))
             expected /= expected.sum(axis=1, keepdims=True)
