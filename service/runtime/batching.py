@@ -495,9 +495,11 @@ class LoopCoalescer:
         return await future
 
     def _run_group(self) -> None:
+        # Scheduled once per group; a group that filled up ran early, and its callback
+        # then runs the group opened after it, which was waiting for this same turn.
         group, self._group = self._group, None
         if not group:
-            return  # already run (it filled up), or a later group's turn has not come
+            return
         self._backlog.grouped -= len(group)
         self._batcher.run_group(
             [batch for batch, _ in group], lambda i, outcome: _settle(group[i][1], outcome)
