@@ -268,8 +268,9 @@ class Predictor:
         """The model's logits for ``need``, awaited on the event loop: from a call shared
         with the other requests of this turn of the loop when `coalesces` (`LoopCoalescer`),
         else from the model at once (`logits`)."""
-        if self.coalesces(need.model, need.batch.shape[0]):
-            return await self.coalescer(need.model).run(need.batch)
+        coalescer = self._joinable(need.model, need.batch.shape[0])
+        if coalescer is not None:
+            return await coalescer.run(need.batch)
         return self.logits(need)
 
     def coalesces(self, model: OnnxClassifier, rows: int) -> bool:
@@ -277,10 +278,15 @@ class Predictor:
         await a call shared with others rather than run the model at once: batching is
         on, the model is not gathered on threads, and other requests of this turn of the
         loop can share its call (`LoopCoalescer.joins`)."""
+        return self._joinable(model, rows) is not None
+
+    def _joinable(self, model: OnnxClassifier, rows: int) -> LoopCoalescer | None:
+        """The coalescer a request of ``rows`` rows should join (`coalesces`), or None."""
         batcher = self._batchers.get(_model_key(model))
         if batcher is None or batcher.gathering:
-            return False
-        return self.coalescer(model).joins(rows)
+            return None
+        coalescer = self.coalescer(model)
+        return coalescer if coalescer.joins(rows) else None
 
     def coalescer(self, model: OnnxClassifier) -> LoopCoalescer:
         """The running loop's coalescer for ``model`` (created on first use)."""
