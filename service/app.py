@@ -65,7 +65,8 @@ class _ServiceApp(FastAPI):
     def _count_shed(self, path: str, reason: ShedReason, seconds: float) -> None:
         services: Services = self.state.services
         services.metrics.observe_shed(reason)
-        self._count_rejection(path, 503, seconds)
+        # 499: nginx's "client closed request", for a request dropped unanswered.
+        self._count_rejection(path, 499 if reason == "client_gone" else 503, seconds)
 
     def _count_rejection(self, path: str, status: int, seconds: float) -> None:
         services: Services = self.state.services

@@ -116,10 +116,13 @@ class ServiceMetrics:
             registry=r,
         )
         # Admission control (service.api.admission): requests answered 503 overloaded,
-        # by reason (queue_full, queue_timeout), and the waiters queued now.
+        # by reason (queue_full, queue_timeout), or dropped unanswered from the queue when
+        # their client disconnected (client_gone), and the waiters queued now.
         self.requests_shed = Counter(
             "dynanoise_requests_shed",
-            "Inference requests shed by admission control (503 overloaded), by reason.",
+            "Inference requests shed by admission control, by reason: answered 503 "
+            "overloaded (queue_full, queue_timeout) or dropped from the queue when their "
+            "client disconnected (client_gone).",
             ["reason"],
             registry=r,
         )

@@ -9,7 +9,10 @@ happens before any middleware runs, and counts too. A request beyond either boun
 answered 503 ``overloaded`` with ``Retry-After`` at once instead of being queued
 without limit.
 So an admitted request waits at most the delay, and a client of an overloaded worker
-learns it in milliseconds and can go elsewhere. Only inference requests
+learns it in milliseconds and can go elsewhere. A waiting request whose client
+disconnects leaves the queue at once, unanswered (``client_gone``): its slot would
+serve nobody, and a load balancer or a client that gives up and retries would
+otherwise queue its new request behind its own orphan. Only inference requests
 (`service.api.inference.INFERENCE_ROUTES`) are admitted or shed: health, metadata,
 admin and docs always pass. One event loop per worker, so no locks.
 """
@@ -17,11 +20,12 @@ admin and docs always pass. One event loop per worker, so no locks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -40,8 +44,9 @@ __all__ = [
     "is_inference_request",
 ]
 
-ShedReason = Literal["queue_full", "queue_timeout"]
-"""Why a request was shed: no room in the queue, or it waited the longest delay."""
+ShedReason = Literal["queue_full", "queue_timeout", "client_gone"]
+"""Why a request was shed: no room in the queue, it waited the longest delay, or its
+client disconnected before it was admitted (then nothing is answered)."""
 
 Shed = Callable[[str, ShedReason, float], None]
 """Told of every request the middleware sheds: (path, reason, seconds it waited)."""
@@ -98,7 +103,7 @@ class AdmissionController:
             raise ValueError("AdmissionController needs max_in_flight > 0")
         self.limits = limits
         self.in_flight = 0
-        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._waiters: deque[asyncio.Future[ShedReason | None]] = deque()
         self._on_depth = on_depth
         self._backlog = backlog
 
@@ -106,11 +111,16 @@ class AdmissionController:
     def queue_depth(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, waited: float = 0.0) -> ShedReason | None:
+    async def acquire(
+        self, waited: float = 0.0, arrival: dict[str, Any] | None = None
+    ) -> ShedReason | None:
         """Take a slot, waiting in the queue if need be: None once admitted (call
         `release` when done), else why the request is shed. ``waited``: seconds the
         request already waited for the event loop since it arrived; they count against
-        ``max_queue_delay_seconds`` like time in the queue."""
+        ``max_queue_delay_seconds`` like time in the queue. ``arrival``: the request's
+        ``ARRIVAL_EXTENSION``, through which the HTTP protocol reports a lost client."""
+        if arrival is not None and arrival.get("lost"):
+            return "client_gone"
         delay = self.limits.max_queue_delay_seconds
         if delay and waited >= delay:
             return "queue_timeout"
@@ -120,20 +130,22 @@ class AdmissionController:
         if self.limits.max_queue and len(self._waiters) >= self.limits.max_queue:
             return "queue_full"
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
+        waiter: asyncio.Future[ShedReason | None] = loop.create_future()
         self._waiters.append(waiter)
         self._depth_changed()
         timer = None
         if delay:
-            timer = loop.call_later(delay - waited, self._expire, waiter)
+            timer = loop.call_later(delay - waited, self._drop, waiter, "queue_timeout")
+        if arrival is not None:
+            arrival["on_lost"] = functools.partial(self._drop, waiter, "client_gone")
         try:
-            admitted = await waiter
-            if admitted:
+            reason = await waiter
+            if reason is None:
                 self._backlog.started += 1  # counted created when handed the slot
         except asyncio.CancelledError:
-            # The request's task was cancelled (shutdown, a lost client): give back a
-            # slot that was handed over in the meantime, or leave the queue.
-            if waiter.done() and not waiter.cancelled() and waiter.result():
+            # The request's task was cancelled (shutdown): give back a slot that was
+            # handed over in the meantime, or leave the queue.
+            if waiter.done() and not waiter.cancelled() and waiter.result() is None:
                 self._backlog.started += 1
                 self.release()
             else:
@@ -142,7 +154,9 @@ class AdmissionController:
         finally:
             if timer is not None:
                 timer.cancel()
-        return None if admitted else "queue_timeout"
+            if arrival is not None:
+                arrival.pop("on_lost", None)
+        return reason
 
     def release(self) -> None:
         """Give the slot back: to the oldest waiter when there is one."""
@@ -150,17 +164,19 @@ class AdmissionController:
             waiter = self._waiters.popleft()
             if not waiter.done():
                 self._depth_changed()
-                waiter.set_result(True)  # the slot passes on: in_flight is unchanged
+                waiter.set_result(None)  # admitted: the slot passes on, in_flight unchanged
                 self._backlog.created += 1  # it runs on the loop's next turn
                 return
         self.in_flight -= 1
 
-    def _expire(self, waiter: asyncio.Future[bool]) -> None:
+    def _drop(self, waiter: asyncio.Future[ShedReason | None], reason: ShedReason) -> None:
+        """Take a waiter out of the queue, shed for ``reason`` (its delay ran out, or its
+        client disconnected)."""
         if not waiter.done():
             self._leave(waiter)
-            waiter.set_result(False)
+            waiter.set_result(reason)
 
-    def _leave(self, waiter: asyncio.Future[bool]) -> None:
+    def _leave(self, waiter: asyncio.Future[ShedReason | None]) -> None:
         try:
             self._waiters.remove(waiter)
         except ValueError:
@@ -203,12 +219,14 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         started_at = time.perf_counter()
-        waited = _waited_for_the_loop(scope)
-        reason = await controller.acquire(waited)
+        arrival = scope.get("extensions", {}).get(ARRIVAL_EXTENSION)
+        waited = _waited_for_the_loop(arrival)
+        reason = await controller.acquire(waited, arrival)
         if reason is not None:
             if self.on_shed is not None:
                 self.on_shed(scope["path"], reason, waited + time.perf_counter() - started_at)
-            await _answer_overloaded(scope, send)
+            if reason != "client_gone":  # nobody is left to read an answer
+                await _answer_overloaded(scope, send)
             return
         try:
             await self.app(scope, receive, send)
@@ -216,12 +234,11 @@ class AdmissionMiddleware:
             controller.release()
 
 
-def _waited_for_the_loop(scope: Scope) -> float:
+def _waited_for_the_loop(arrival: dict[str, Any] | None) -> float:
     """Seconds since the HTTP protocol created this request's task (the
     ``ARRIVAL_EXTENSION`` it stamps): under overload, requests wait for the event loop
     before any middleware sees them, a wait admission must bound too. 0 when the
     server stamps no arrival (another server, a test client)."""
-    arrival = scope.get("extensions", {}).get(ARRIVAL_EXTENSION)
     if not arrival:
         return 0.0
     return max(0.0, asyncio.get_running_loop().time() - arrival["loop_time"])

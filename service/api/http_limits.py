@@ -40,7 +40,10 @@ __all__ = [
 
 ARRIVAL_EXTENSION = "dynanoise.arrival"
 """ASGI scope extension: ``{"loop_time": t}``, the event loop's clock when the request's
-head was parsed and its task created (`BoundedHttpToolsProtocol`)."""
+head was parsed and its task created (`BoundedHttpToolsProtocol`). If the connection is
+lost before the response completes, the protocol sets ``"lost": True`` in it and calls
+its ``"on_lost"`` entry once, when the application has put a callable there (admission
+drops a waiting request whose client has gone: nobody would read its answer)."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,17 @@ def _counting_starts(app: Any, backlog: RequestBacklog) -> Any:
     return counted
 
 
+def _tell_lost(scope: Any) -> None:
+    """Mark the request of ``scope`` as abandoned by its client (`ARRIVAL_EXTENSION`)."""
+    arrival = scope.get("extensions", {}).get(ARRIVAL_EXTENSION)
+    if arrival is None:
+        return
+    arrival["lost"] = True
+    on_lost = arrival.pop("on_lost", None)
+    if on_lost is not None:
+        on_lost()
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that is refused."""
 
@@ -236,7 +250,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        cycle = self.cycle
         super().connection_lost(exc)
+        if cycle is not None and not cycle.response_complete:
+            _tell_lost(cycle.scope)
 
     def data_received(self, data: bytes) -> None:
         if self._refused is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -302,6 +303,108 @@ def test_the_http_protocol_stamps_each_request_with_its_arrival() -> None:
     assert len(seen) == 3 and all(0 <= waited < 5 for waited in seen)
 
 
+def test_a_waiter_whose_client_disconnects_leaves_the_queue_unanswered() -> None:
+    async def scenario() -> None:
+        driver = Driver(AdmissionLimits(max_in_flight=1, max_queue_delay_seconds=60.0))
+        holder, _ = driver.start(tag="holder")
+        await _settle()
+        orphan_scope = _arrived(_scope(V1_PREDICT, tag="orphan"), 0.0)
+        orphan_answer = Answer()
+        orphan = asyncio.ensure_future(
+            driver.middleware(orphan_scope, _receive, orphan_answer.send)
+        )
+        live, live_answer = driver.start(tag="live")
+        await _settle()
+        assert driver.controller.queue_depth == 2
+        arrival = orphan_scope["extensions"][ARRIVAL_EXTENSION]
+        arrival["lost"] = True  # what the HTTP protocol does on connection_lost
+        arrival.pop("on_lost")()
+        await orphan
+        assert orphan_answer.status is None and orphan_answer.body == b""
+        assert driver.shed == [(V1_PREDICT, "client_gone")]
+        assert driver.controller.queue_depth == 1 and driver.depths[-1] == 1
+        driver.app.finish(V1_PREDICT + "?holder")
+        driver.app.finish(V1_PREDICT + "?live")
+        await asyncio.gather(holder, live)
+        assert live_answer.status == 200  # the slot went past the orphan
+        assert driver.app.arrived == [V1_PREDICT + "?holder", V1_PREDICT + "?live"]
+        assert driver.controller.in_flight == 0 and "on_lost" not in arrival
+
+    _run(scenario)
+
+
+def test_a_request_whose_client_left_before_it_ran_is_dropped_with_slots_free() -> None:
+    async def scenario() -> None:
+        driver = Driver(AdmissionLimits(max_in_flight=8))
+        scope = _arrived(_scope(V1_PREDICT), 0.0)
+        scope["extensions"][ARRIVAL_EXTENSION]["lost"] = True
+        answer = Answer()
+        await driver.middleware(scope, _receive, answer.send)
+        assert answer.status is None and driver.app.arrived == []
+        assert driver.shed == [(V1_PREDICT, "client_gone")]
+        assert driver.controller.in_flight == 0
+
+    _run(scenario)
+
+
+def test_the_http_protocol_drops_a_queued_request_whose_connection_closes() -> None:
+    """Live: uvicorn with the bounded protocol. One request holds the only slot, a second
+    waits in the queue and its client closes the connection: the second leaves the queue
+    and never reaches the app, and the slot goes to the next request."""
+    app = HeldApp()
+    shed: list[ShedReason] = []
+    middleware = AdmissionMiddleware(
+        app,
+        AdmissionLimits(max_in_flight=1, max_queue_delay_seconds=60.0),
+        on_shed=lambda path, reason, seconds: shed.append(reason),
+    )
+    controller = middleware.controller
+    assert controller is not None
+    port = free_port()
+    config = uvicorn.Config(
+        middleware, host="127.0.0.1", port=port, http=protocol_factory(HttpLimits()),
+        loop="asyncio", log_level="warning", lifespan="off",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def wait_for(condition: Callable[[], bool]) -> None:
+        for _ in range(1000):
+            if condition():
+                return
+            threading.Event().wait(0.01)
+        raise AssertionError("timed out")
+
+    def finish(tag: str) -> None:  # the app's gates live on the server's loop
+        server.servers[0].get_loop().call_soon_threadsafe(app.finish, V1_PREDICT + "?" + tag)
+
+    request = f"POST {V1_PREDICT}?%s HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{{}}"
+    try:
+        wait_for(lambda: server.started)
+        with ThreadPoolExecutor(2) as pool:
+            url = f"http://127.0.0.1:{port}{V1_PREDICT}"
+            holder = pool.submit(httpx.post, url + "?holder", content=b"{}", timeout=30)
+            wait_for(lambda: app.arrived == [V1_PREDICT + "?holder"])
+            orphan = socket.create_connection(("127.0.0.1", port))
+            orphan.sendall((request % "orphan").encode())
+            wait_for(lambda: controller.queue_depth == 1)
+            orphan.close()
+            wait_for(lambda: controller.queue_depth == 0)
+            assert shed == ["client_gone"] and controller.in_flight == 1
+            live = pool.submit(httpx.post, url + "?live", content=b"{}", timeout=30)
+            wait_for(lambda: controller.queue_depth == 1)
+            finish("holder")
+            finish("live")
+            assert holder.result(30).status_code == 200
+            assert live.result(30).status_code == 200
+        assert app.arrived == [V1_PREDICT + "?holder", V1_PREDICT + "?live"]
+        assert controller.in_flight == 0
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_a_waiter_admitted_in_time_is_served() -> None:
     async def scenario() -> None:
         driver = Driver(AdmissionLimits(max_in_flight=1, max_queue_delay_seconds=60.0))
@@ -561,6 +664,26 @@ def test_an_overloaded_app_answers_503_instead_of_waiting(
     text = scrape(client)
     assert 'dynanoise_requests_shed_total{reason="queue_full"} 2.0' in text
     assert 'dynanoise_requests_total{code="503",model="-",tenant="-"} 2.0' in text
+
+
+def test_the_app_counts_a_request_dropped_for_its_lost_client_as_499(
+    admission_settings: Settings,
+) -> None:
+    app = create_app(admission_settings)
+    with TestClient(app) as client:
+        scope = {**_scope(V1_PREDICT), "extensions": {ARRIVAL_EXTENSION: {"loop_time": 0.0}}}
+        scope["extensions"][ARRIVAL_EXTENSION]["lost"] = True
+        answer = Answer()
+
+        async def dropped() -> None:
+            assert app.middleware_stack is not None
+            await app.middleware_stack(scope, _receive, answer.send)
+
+        asyncio.run(dropped())
+        assert answer.status is None
+        text = scrape(client)
+    assert 'dynanoise_requests_shed_total{reason="client_gone"} 1.0' in text
+    assert 'dynanoise_requests_total{code="499",model="-",tenant="-"} 1.0' in text
 
 
 # The benchmark's overload measurement (bench/harness/overload.py) counts the 503s apart.
