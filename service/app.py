@@ -18,7 +18,7 @@ from .api.fastpath import FastInferenceRoutes
 from .api.inference import inference_router
 from .api.middleware import GuardMiddleware
 from .api.status import status_code_of
-from .metrics import UNKNOWN
+from .metrics import UNKNOWN, ThrottledGauge
 from .runtime.registry import RepositoryPoller
 from .serving import DataPlane, Services, build_services
 from .settings import Settings
@@ -59,7 +59,7 @@ class _ServiceApp(FastAPI):
             stack,
             self.admission,
             on_shed=self._count_shed,
-            on_depth=services.metrics.admission_queue_depth.set,
+            on_depth=ThrottledGauge(services.metrics.admission_queue_depth).set,
         )
 
     def _count_shed(self, path: str, reason: ShedReason, seconds: float) -> None:

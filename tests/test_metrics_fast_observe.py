@@ -1,16 +1,25 @@
 """The request path's cheaper recording: `observe` files a value in the bucket and sum
 prometheus-client's own ``observe`` does, and a (model, tenant) pair's memoised series
-are the very children ``labels`` gives."""
+are the very children ``labels`` gives; a throttled gauge writes the latest value once
+per interval."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from service.metrics import LATENCY_BUCKETS, SENSITIVITY_BUCKETS, ServiceMetrics, count, observe
+from service.metrics import (
+    LATENCY_BUCKETS,
+    SENSITIVITY_BUCKETS,
+    ServiceMetrics,
+    ThrottledGauge,
+    count,
+    observe,
+)
 
 
 def _samples(histogram: Histogram) -> dict[tuple[str, str], float]:
@@ -91,3 +100,26 @@ def test_a_request_and_its_repeats_are_counted_once() -> None:
     labels = {"model": "toy", "tenant": "acme"}
     assert value("dynanoise_requests_total", {**labels, "code": "200"}) == 2
     assert value("dynanoise_repeated_queries_total", labels) == 3
+
+
+def test_a_throttled_gauge_publishes_the_latest_value_once_per_interval() -> None:
+    class Recorded:
+        def __init__(self) -> None:
+            self.values: list[float] = []
+
+        def set(self, value: float) -> None:
+            self.values.append(value)
+
+    async def scenario() -> None:
+        gauge = Recorded()
+        throttled = ThrottledGauge(gauge, interval=0.02)  # type: ignore[arg-type]
+        for depth in (1, 2, 3, 2):
+            throttled.set(depth)
+        assert gauge.values == []  # nothing written in the turn that moved it
+        await asyncio.sleep(0.06)
+        assert gauge.values == [2]  # one write, of the latest value
+        throttled.set(0)
+        await asyncio.sleep(0.06)
+        assert gauge.values == [2, 0]
+
+    asyncio.run(scenario())

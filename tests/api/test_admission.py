@@ -228,6 +228,35 @@ def test_a_waiter_past_the_longest_delay_is_shed_and_leaves_the_queue() -> None:
     _run(scenario)
 
 
+def test_each_waiter_is_shed_at_its_own_deadline_by_one_timer() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        driver = Driver(AdmissionLimits(max_in_flight=1, max_queue_delay_seconds=0.15))
+        holder, _ = driver.start(tag="holder")
+        await _settle()
+        shed_at: dict[str, float] = {}
+        deadlines: dict[str, float] = {}
+
+        async def wait(tag: str, waited: float) -> None:
+            deadlines[tag] = loop.time() - waited + 0.15
+            scope = _arrived(_scope(V1_PREDICT, tag=tag), waited)
+            await driver.middleware(scope, _receive, Answer().send)
+            shed_at[tag] = loop.time()
+
+        # Queued in this order, due in the reverse one: each still goes at its own time.
+        waiters = [asyncio.ensure_future(wait(tag, w)) for tag, w in (("a", 0), ("b", 0.1))]
+        await asyncio.gather(*waiters)
+        assert driver.shed == [(V1_PREDICT, "queue_timeout")] * 2
+        assert shed_at["b"] < shed_at["a"]
+        assert all(shed_at[tag] >= deadlines[tag] - 0.005 for tag in deadlines)
+        assert driver.controller.queue_depth == 0 and driver.controller.in_flight == 1
+        driver.app.finish(V1_PREDICT + "?holder")
+        await holder
+        assert driver.app.arrived == [V1_PREDICT + "?holder"]
+
+    _run(scenario)
+
+
 def _arrived(scope: Scope, seconds_ago: float) -> Scope:
     """``scope`` as the HTTP protocol stamps it, its task created ``seconds_ago``."""
     now = asyncio.get_running_loop().time()
