@@ -95,8 +95,8 @@ class AdmissionController:
 
     A finished request hands its slot straight to the oldest waiter, so a newcomer
     never overtakes the queue. One timer, armed for the earliest deadline, sheds the
-    waiters past theirs (a timer per waiter cost a tenth of a request's CPU at
-    concurrency 256: docs/reliability.md). A waiter handed a slot runs on the loop's next turn: it
+    waiters past theirs (a timer per waiter cost ~3 % of a queued request's CPU at
+    concurrency 256: bench/micro-timings.md). A waiter handed a slot runs on the loop's next turn: it
     is counted in ``backlog`` until it does, like a request whose task is about to
     start, so that it may share a model call with the others of that turn
     (`service.runtime.batching.RequestBacklog`). Use from one event loop only.
