@@ -110,9 +110,10 @@ def test_a_throttled_gauge_publishes_the_latest_value_once_per_interval() -> Non
         def set(self, value: float) -> None:
             self.values.append(value)
 
+    gauge = Recorded()
+    throttled = ThrottledGauge(gauge, interval=0.02)  # type: ignore[arg-type]
+
     async def scenario() -> None:
-        gauge = Recorded()
-        throttled = ThrottledGauge(gauge, interval=0.02)  # type: ignore[arg-type]
         for depth in (1, 2, 3, 2):
             throttled.set(depth)
         assert gauge.values == []  # nothing written in the turn that moved it
@@ -122,4 +123,14 @@ def test_a_throttled_gauge_publishes_the_latest_value_once_per_interval() -> Non
         await asyncio.sleep(0.06)
         assert gauge.values == [2, 0]
 
+    async def left_pending() -> None:  # its loop closes before the write is due
+        throttled.set(7)
+
+    async def on_the_next_loop() -> None:
+        throttled.set(5)
+        await asyncio.sleep(0.06)
+
     asyncio.run(scenario())
+    asyncio.run(left_pending())
+    asyncio.run(on_the_next_loop())
+    assert gauge.values == [2, 0, 5]

@@ -96,9 +96,9 @@ class AdmissionController:
     A finished request hands its slot straight to the oldest waiter, so a newcomer
     never overtakes the queue. One timer, armed for the earliest deadline, sheds the
     waiters past theirs (a timer per waiter cost ~3 % of a queued request's CPU at
-    concurrency 256: bench/micro-timings.md). A waiter handed a slot runs on the loop's next turn: it
-    is counted in ``backlog`` until it does, like a request whose task is about to
-    start, so that it may share a model call with the others of that turn
+    concurrency 256: bench/micro-timings.md). A waiter handed a slot runs on the loop's
+    next turn: it is counted in ``backlog`` until it does, like a request whose task is
+    about to start, so that it may share a model call with the others of that turn
     (`service.runtime.batching.RequestBacklog`). Use from one event loop only.
     """
 
@@ -184,13 +184,14 @@ class AdmissionController:
         earliest deadline left. Deadlines follow arrival, so that is usually the oldest
         waiter's, and the timer fires about once per delay however many wait."""
         self._expiry = None
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         overdue = [waiter for waiter in self._waiters if waiter.deadline <= now]
         for waiter in overdue:
             self._drop(waiter, "queue_timeout")
         earliest = min((waiter.deadline for waiter in self._waiters), default=_NEVER)
         if earliest < _NEVER:
-            self._expiry = asyncio.get_running_loop().call_at(earliest, self._shed_overdue)
+            self._expiry = loop.call_at(earliest, self._shed_overdue)
 
     def _drop(self, waiter: _Waiter, reason: ShedReason) -> None:
         """Take a waiter out of the queue, shed for ``reason`` (its delay ran out, or its
