@@ -5,10 +5,11 @@ protocol's error shape; everything that is not inference always passes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -300,6 +301,34 @@ def test_the_wait_before_the_queue_counts_against_its_delay() -> None:
     _run(scenario)
 
 
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("timed out")
+
+
+@contextlib.contextmanager
+def _bounded_server(app: Any) -> Iterator[tuple[uvicorn.Server, int]]:
+    """``app`` under uvicorn with the service's bounded HTTP protocol, on a thread:
+    the server and its port, once it is started."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, http=protocol_factory(HttpLimits()),
+        loop="asyncio", log_level="warning", lifespan="off",
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        _wait_for(lambda: server.started)
+        yield server, port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_the_http_protocol_stamps_each_request_with_its_arrival() -> None:
     seen: list[float] = []
 
@@ -311,24 +340,9 @@ def test_the_http_protocol_stamps_each_request_with_its_arrival() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, http=protocol_factory(HttpLimits()),
-        loop="asyncio", log_level="warning", lifespan="off",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):
-            if server.started:
-                break
-            threading.Event().wait(0.01)
+    with _bounded_server(app) as (_, port):
         for _ in range(3):
             assert httpx.post(f"http://127.0.0.1:{port}/x", content=b"{}").status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(10)
     assert len(seen) == 3 and all(0 <= waited < 5 for waited in seen)
 
 
@@ -389,49 +403,30 @@ def test_the_http_protocol_drops_a_queued_request_whose_connection_closes() -> N
     )
     controller = middleware.controller
     assert controller is not None
-    port = free_port()
-    config = uvicorn.Config(
-        middleware, host="127.0.0.1", port=port, http=protocol_factory(HttpLimits()),
-        loop="asyncio", log_level="warning", lifespan="off",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-
-    def wait_for(condition: Callable[[], bool]) -> None:
-        for _ in range(1000):
-            if condition():
-                return
-            threading.Event().wait(0.01)
-        raise AssertionError("timed out")
-
-    def finish(tag: str) -> None:  # the app's gates live on the server's loop
-        server.servers[0].get_loop().call_soon_threadsafe(app.finish, V1_PREDICT + "?" + tag)
-
     request = f"POST {V1_PREDICT}?%s HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{{}}"
-    try:
-        wait_for(lambda: server.started)
-        with ThreadPoolExecutor(2) as pool:
-            url = f"http://127.0.0.1:{port}{V1_PREDICT}"
-            holder = pool.submit(httpx.post, url + "?holder", content=b"{}", timeout=30)
-            wait_for(lambda: app.arrived == [V1_PREDICT + "?holder"])
-            orphan = socket.create_connection(("127.0.0.1", port))
-            orphan.sendall((request % "orphan").encode())
-            wait_for(lambda: controller.queue_depth == 1)
-            orphan.close()
-            wait_for(lambda: controller.queue_depth == 0)
-            assert shed == ["client_gone"] and controller.in_flight == 1
-            live = pool.submit(httpx.post, url + "?live", content=b"{}", timeout=30)
-            wait_for(lambda: controller.queue_depth == 1)
-            finish("holder")
-            finish("live")
-            assert holder.result(30).status_code == 200
-            assert live.result(30).status_code == 200
-        assert app.arrived == [V1_PREDICT + "?holder", V1_PREDICT + "?live"]
-        assert controller.in_flight == 0
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with _bounded_server(middleware) as (server, port), ThreadPoolExecutor(2) as pool:
+
+        def finish(tag: str) -> None:  # the app's gates live on the server's loop
+            loop = server.servers[0].get_loop()
+            loop.call_soon_threadsafe(app.finish, V1_PREDICT + "?" + tag)
+
+        url = f"http://127.0.0.1:{port}{V1_PREDICT}"
+        holder = pool.submit(httpx.post, url + "?holder", content=b"{}", timeout=30)
+        _wait_for(lambda: app.arrived == [V1_PREDICT + "?holder"])
+        orphan = socket.create_connection(("127.0.0.1", port))
+        orphan.sendall((request % "orphan").encode())
+        _wait_for(lambda: controller.queue_depth == 1)
+        orphan.close()
+        _wait_for(lambda: controller.queue_depth == 0)
+        assert shed == ["client_gone"] and controller.in_flight == 1
+        live = pool.submit(httpx.post, url + "?live", content=b"{}", timeout=30)
+        _wait_for(lambda: controller.queue_depth == 1)
+        finish("holder")
+        finish("live")
+        assert holder.result(30).status_code == 200
+        assert live.result(30).status_code == 200
+    assert app.arrived == [V1_PREDICT + "?holder", V1_PREDICT + "?live"]
+    assert controller.in_flight == 0
 
 
 def test_a_waiter_admitted_in_time_is_served() -> None:
