@@ -35,6 +35,11 @@
  *   all_finite(array), label_flips(probabilities, logits)
  *       the request path's checks on its arrays (service/arrays.py), or None where
  *       numpy decides (another dtype, a view with strides)
+ *   keyed_normals(seeds, n_values) -> float64 (2 ceil(n_values / 2), n), or None
+ *       keyed noise's counter-based normals, value-major, as noise.py
+ *       `keyed_standard_normal` computes them for a class-major batch: SplitMix64 and
+ *       Box-Muller, with numpy's own float64 log, cos and sin loops, so the bits are
+ *       numpy's whatever its CPU dispatch picks (None when they cannot be found)
  *
  * refill(size) returns `size` fresh N(0, 1) draws (a float64 ndarray). Every value is
  * served once: the GIL, held from the check to the hand-out, is the lock.
@@ -46,6 +51,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <numpy/arrayobject.h>
+#include <numpy/ufuncobject.h>
 
 /* (row stride, column stride) in bytes of draws shaped (n, 1, k), as apply_dynanoise's
    contract says (one ensemble member). */
@@ -600,6 +606,106 @@ static PyObject *label_flips(PyObject *self, PyObject *const *args, Py_ssize_t n
     return PyLong_FromSsize_t((Py_ssize_t)flips);
 }
 
+/* numpy's own 1-D loop of a float64 -> float64 ufunc (np.log, np.cos, np.sin). */
+typedef struct {
+    PyUFuncGenericFunction loop;
+    void *data;
+} DoubleLoop;
+
+static DoubleLoop log_loop, cos_loop, sin_loop;
+
+static int find_double_loop(PyObject *numpy, const char *name, DoubleLoop *found) {
+    found->loop = NULL;
+    PyObject *ufunc = PyObject_GetAttrString(numpy, name);
+    if (ufunc == NULL) return -1;
+    if (PyObject_TypeCheck(ufunc, &PyUFunc_Type)) {
+        PyUFuncObject *u = (PyUFuncObject *)ufunc;
+        for (int i = 0; u->functions != NULL && i < u->ntypes; i++) {
+            if (u->nargs == 2 && u->types[2 * i] == NPY_DOUBLE &&
+                u->types[2 * i + 1] == NPY_DOUBLE) {
+                found->loop = u->functions[i];
+                found->data = u->data != NULL ? u->data[i] : NULL;
+                break;
+            }
+        }
+    }
+    Py_DECREF(ufunc);  /* numpy's ufuncs live as long as numpy: the loop stays valid */
+    return 0;
+}
+
+static void run_double_loop(const DoubleLoop *f, const double *in, double *out, npy_intp count) {
+    char *args[2] = {(char *)in, (char *)out};
+    npy_intp dimensions[1] = {count}, steps[2] = {sizeof(double), sizeof(double)};
+    f->loop(args, dimensions, steps, f->data);
+}
+
+/* keyed_normals(seeds, n_values): see the header. The operations and their order are
+   those of keyed_standard_normal's class-major path: state[j, i] = (j + 1) gamma +
+   seed_i, SplitMix64's mix, u = ((state >> 11) + 0.5) 2^-53, then for the first half
+   of the values r = sqrt(-2 log u), and for the second a = 2 pi u, and the normals are
+   (cos a) r, then (sin a) r. */
+static PyObject *keyed_normals(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "keyed_normals takes (seeds, n_values)");
+        return NULL;
+    }
+    if (log_loop.loop == NULL || cos_loop.loop == NULL || sin_loop.loop == NULL ||
+        !PyArray_Check(args[0]))
+        Py_RETURN_NONE;
+    PyArrayObject *seeds = (PyArrayObject *)args[0];
+    if (PyArray_TYPE(seeds) != NPY_UINT64 || PyArray_NDIM(seeds) != 1 ||
+        !PyArray_IS_C_CONTIGUOUS(seeds))
+        Py_RETURN_NONE;
+    const Py_ssize_t n_values = PyLong_AsSsize_t(args[1]);
+    if (n_values == -1 && PyErr_Occurred()) return NULL;
+    if (n_values < 1) {
+        PyErr_SetString(PyExc_ValueError, "n_values must be >= 1");
+        return NULL;
+    }
+    const npy_intp n = PyArray_DIM(seeds, 0), n_pairs = (n_values + 1) / 2;
+    npy_intp shape[2] = {2 * n_pairs, n};
+    PyObject *out = PyArray_SimpleNew(2, shape, NPY_FLOAT64);
+    if (out == NULL) return NULL;
+    const npy_intp half = n_pairs * n;
+    double *normals = PyArray_DATA((PyArrayObject *)out);
+    double *cosines = half > 0 ? PyMem_Malloc((size_t)half * sizeof(double)) : NULL;
+    if (half > 0 && cosines == NULL) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    const uint64_t *seed = PyArray_DATA(seeds);
+    for (npy_intp j = 0; j < 2 * n_pairs; j++) {
+        const uint64_t offset = (uint64_t)(j + 1) * 0x9E3779B97F4A7C15ULL;
+        for (npy_intp i = 0; i < n; i++) {
+            uint64_t z = offset + seed[i];
+            z ^= z >> 30;
+            z *= 0xBF58476D1CE4E5B9ULL;
+            z ^= z >> 27;
+            z *= 0x94D049BB133111EBULL;
+            z ^= z >> 31;
+            double u = (double)(z >> 11);
+            u += 0.5;
+            u *= 1.0 / 9007199254740992.0; /* 2^-53 */
+            normals[j * n + i] = u;
+        }
+    }
+    double *radius = normals, *angle = normals + half;
+    run_double_loop(&log_loop, radius, radius, half);
+    for (npy_intp i = 0; i < half; i++) {
+        radius[i] *= -2.0;
+        radius[i] = sqrt(radius[i]);
+        angle[i] *= 2.0 * 3.141592653589793; /* noise.py's _TWO_PI, 2.0 * np.pi */
+    }
+    run_double_loop(&cos_loop, angle, cosines, half);
+    run_double_loop(&sin_loop, angle, angle, half);
+    for (npy_intp i = 0; i < half; i++) {
+        angle[i] *= radius[i];
+        radius[i] = cosines[i] * radius[i];
+    }
+    PyMem_Free(cosines);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"defend_entropy", (PyCFunction)(void (*)(void))defend_entropy, METH_FASTCALL,
      "DynaNoise, M = 1, entropy sensitivity: (probabilities, risk, std)."},
@@ -611,6 +717,8 @@ static PyMethodDef methods[] = {
      "Rows whose argmax differs between two (n, k) arrays, or None."},
     {"quantize_rows", (PyCFunction)(void (*)(void))quantize_rows, METH_FASTCALL,
      "The repeat monitor's coarse rows (repeats.quantize): float32 (n, features)."},
+    {"keyed_normals", (PyCFunction)(void (*)(void))keyed_normals, METH_FASTCALL,
+     "Keyed noise's normals, value-major (noise.keyed_standard_normal), or None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -620,6 +728,14 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__kernel(void) {
     import_array();
+    import_umath();
+    PyObject *numpy = PyImport_ImportModule("numpy");
+    if (numpy == NULL) return NULL;
+    const int failed = find_double_loop(numpy, "log", &log_loop) < 0 ||
+                      find_double_loop(numpy, "cos", &cos_loop) < 0 ||
+                      find_double_loop(numpy, "sin", &sin_loop) < 0;
+    Py_DECREF(numpy);
+    if (failed) return NULL;
     if (PyType_Ready(&NormalBlocksType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
