@@ -35,6 +35,10 @@
  *   all_finite(array), label_flips(probabilities, logits)
  *       the request path's checks on its arrays (service/arrays.py), or None where
  *       numpy decides (another dtype, a view with strides)
+ *   logit_cells(logits, step, max_cell) -> float32, logits' shape, or None
+ *       keyed_logits' key (noise.py `quantized_logits`): clip(floor(z / step), +-max_cell)
+ *       of a C-contiguous float32 or float64 array, every operation exact or correctly
+ *       rounded, so the same bits as numpy's
  *   keyed_normals(seeds, n_values) -> float64 (2 ceil(n_values / 2), n), or None
  *       keyed noise's counter-based normals, value-major, as noise.py
  *       `keyed_standard_normal` computes them for a class-major batch: SplitMix64 and
@@ -606,6 +610,33 @@ static PyObject *label_flips(PyObject *self, PyObject *const *args, Py_ssize_t n
     return PyLong_FromSsize_t((Py_ssize_t)flips);
 }
 
+/* logit_cells(logits, step, max_cell): see the header. */
+static PyObject *logit_cells(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "logit_cells takes (logits, step, max_cell)");
+        return NULL;
+    }
+    const int type = contiguous_float(args[0]);
+    if (!type) Py_RETURN_NONE;
+    const double step = PyFloat_AsDouble(args[1]), max_cell = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    PyArrayObject *z = (PyArrayObject *)args[0];
+    PyObject *out = PyArray_SimpleNew(PyArray_NDIM(z), PyArray_DIMS(z), NPY_FLOAT32);
+    if (out == NULL) return NULL;
+    float *cells = PyArray_DATA((PyArrayObject *)out);
+    const npy_intp size = PyArray_SIZE(z);
+    const void *data = PyArray_DATA(z);
+    for (npy_intp i = 0; i < size; i++) {
+        const double v = type == NPY_FLOAT32 ? (double)((const float *)data)[i]
+                                             : ((const double *)data)[i];
+        double cell = floor(v / step);
+        if (cell < -max_cell) cell = -max_cell; /* NaN passes as NaN, as np.clip's */
+        else if (cell > max_cell) cell = max_cell;
+        cells[i] = (float)cell;
+    }
+    return out;
+}
+
 /* numpy's own 1-D loop of a float64 -> float64 ufunc (np.log, np.cos, np.sin). */
 typedef struct {
     PyUFuncGenericFunction loop;
@@ -717,6 +748,8 @@ static PyMethodDef methods[] = {
      "Rows whose argmax differs between two (n, k) arrays, or None."},
     {"quantize_rows", (PyCFunction)(void (*)(void))quantize_rows, METH_FASTCALL,
      "The repeat monitor's coarse rows (repeats.quantize): float32 (n, features)."},
+    {"logit_cells", (PyCFunction)(void (*)(void))logit_cells, METH_FASTCALL,
+     "keyed_logits' key (noise.quantized_logits): float32 cells, or None."},
     {"keyed_normals", (PyCFunction)(void (*)(void))keyed_normals, METH_FASTCALL,
      "Keyed noise's normals, value-major (noise.keyed_standard_normal), or None."},
     {NULL, NULL, 0, NULL},

@@ -144,6 +144,10 @@ def quantized_logits(logits: NDArray[np.generic], params: DefenseParams) -> NDAr
     scale (one-ulp steps, invisible pixel changes) land in the same cell with
     probability about 1 - k |dz| / step, and so get the same noise as the original."""
     step = LOGIT_KEY_STEP * float(np.sqrt(params.base_variance))
+    if _kernel is not None:  # the same bits in one C pass (a tenth of numpy's time)
+        cells = _kernel.logit_cells(logits, step, _MAX_LOGIT_CELL)
+        if cells is not None:
+            return cells
     z = np.asarray(logits, dtype=np.float64)
     cells = np.floor(z / step)
     np.clip(cells, -_MAX_LOGIT_CELL, _MAX_LOGIT_CELL, out=cells)

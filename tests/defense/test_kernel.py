@@ -294,3 +294,42 @@ def test_keyed_normals_leaves_what_it_cannot_read_to_numpy() -> None:
     assert kernel.keyed_normals(np.zeros((2, 2), dtype=np.uint64), 10) is None
     with pytest.raises(ValueError):
         kernel.keyed_normals(np.arange(4, dtype=np.uint64), 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("base_variance", [0.3, 1e-6, 4.0])
+def test_keyed_logits_cells_in_c_are_numpys_to_the_bit(
+    dtype: type, base_variance: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = DefenseParams(noise_mode=NoiseMode.KEYED_LOGITS, base_variance=base_variance)
+    step = float(np.sqrt(base_variance))
+    rng = np.random.default_rng(5)
+    with np.errstate(over="ignore"):  # 1e300 is inf in float32
+        logits = _logit_cases(rng, step).astype(dtype)
+    compiled = noise.quantized_logits(logits, params)
+    monkeypatch.setattr(noise, "_kernel", None)
+    in_numpy = noise.quantized_logits(logits, params)
+    assert compiled.dtype == in_numpy.dtype == np.float32
+    np.testing.assert_array_equal(compiled, in_numpy)  # NaN where numpy has NaN
+    assert np.array_equal(np.signbit(compiled), np.signbit(in_numpy))
+
+
+def test_logit_cells_leaves_what_it_cannot_read_to_numpy() -> None:
+    assert kernel is not None
+    assert kernel.logit_cells(np.zeros((4, 3), dtype=np.float64).T, 1.0, 2.0**24) is None
+    assert kernel.logit_cells(np.zeros((2, 3), dtype=np.int64), 1.0, 2.0**24) is None
+    assert kernel.logit_cells([[1.0, 2.0]], 1.0, 2.0**24) is None
+
+
+def _logit_cases(rng: np.random.Generator, step: float) -> np.ndarray:
+    """Logits of every kind for the cell tests: ordinary ones, values on cell boundaries,
+    beyond the largest cell, and the non-finite, signed-zero and extreme ones."""
+    return np.concatenate(
+        [
+            rng.normal(scale=20.0, size=(50, 10)),
+            np.arange(-5, 5)[None, :] * step,  # exactly on cell boundaries
+            np.full((1, 10), 3e7) * step,  # beyond the largest cell, both signs
+            np.full((1, 10), -3e7) * step,
+            np.array([[np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-300, -1e-300, 1e300, 5.0, -5.0]]),
+        ]
+    )
