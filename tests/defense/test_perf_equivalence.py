@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib
 import math
 import threading
 
@@ -32,6 +33,8 @@ from service.defense import (
 from service.defense.noise import KeyedSeeder, StandardNormalPool
 
 MASK = (1 << 64) - 1
+# The module, not the function of the same name that service.defense exports.
+SENSITIVITY_MODULE = importlib.import_module("service.defense.sensitivity")
 
 
 @pytest.fixture(autouse=True, params=["compiled", "python"])
@@ -40,6 +43,7 @@ def defense_code(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(dynanoise, "_kernel", None)
         monkeypatch.setattr(noise, "_kernel", None)
         monkeypatch.setattr(noise, "_keyed", None)
+        monkeypatch.setattr(SENSITIVITY_MODULE, "_kernel", None)
     elif dynanoise._kernel is None:
         pytest.skip("no C kernel (tests/defense/test_kernel.py says why)")
     return str(request.param)
