@@ -660,11 +660,7 @@ def test_an_overloaded_app_answers_503_instead_of_waiting(
         assert entered.wait(30)
         controller = app.middleware_stack.controller  # type: ignore[union-attr]
         queued = pool.submit(client.post, V1_PREDICT, json=body, headers=key)
-        for _ in range(3000):
-            if controller.queue_depth == 1:
-                break
-            threading.Event().wait(0.01)
-        assert controller.queue_depth == 1
+        _wait_for(lambda: controller.queue_depth == 1, seconds=30.0)
 
         shed = client.post(V1_PREDICT, json=body, headers=key)
         v2_shed = client.post(
@@ -747,10 +743,7 @@ def test_wrk_counts_the_503_answers_of_a_server_that_sheds_every_other_request()
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        for _ in range(500):
-            if server.started:
-                break
-            threading.Event().wait(0.01)
+        _wait_for(lambda: server.started)
         payload = Payload(b'{"instances": [[0.5]]}', {"Content-Type": "application/json"})
         points = measure_overload(
             f"http://127.0.0.1:{port}/v1/models/toy/predict",
